@@ -1,0 +1,58 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# The first run builds .venv (Python 3.11, the locked stack in requirements/lock.txt);
+# later runs reuse it and start in seconds.
+
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.layerforge-installed
+LOCK := requirements/lock.txt
+
+# JIT-built kernels (ours, gsplat's, nerfacc's) live inside the build folder, never in $HOME.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/torch_extensions
+# Our CUDA kernel builds without a GPU; torch needs the toolkit root and target archs spelled out.
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME ?= /usr/local/cuda
+endif
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED := 0
+
+.PHONY: demo test setup lock clean-venv bench
+
+setup: $(STAMP)
+
+$(STAMP): $(LOCK) pyproject.toml
+	@command -v $(PYTHON_BOOT) >/dev/null || { echo "error: $(PYTHON_BOOT) not found; install Python 3.11 (e.g. pyenv install 3.11) or set PYTHON_BOOT=/path/to/python3.11"; exit 2; }
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's libusb-1.0-0 (open3d needs it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null; \
+	  else echo "warning: libusb-1.0-0 is missing and we are not root; open3d may not import (apt-get install libusb-1.0-0)"; fi; \
+	fi
+	@[ -x $(PY) ] || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@mkdir -p build/torch_extensions
+	@touch $@
+
+demo: $(STAMP)
+	$(PY) -m layerforge.cli run bsp run=demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/renderers.py
+	$(PY) benchmarks/bsp.py
+
+# Regenerate the lock from requirements/base.in in a scratch venv.
+lock:
+	rm -rf build/lockenv && $(PYTHON_BOOT) -m venv build/lockenv
+	build/lockenv/bin/pip install -q --upgrade pip && build/lockenv/bin/pip install -q -r requirements/base.in
+	build/lockenv/bin/pip freeze --exclude-editable | grep -v '^layerforge' > $(LOCK)
+
+clean-venv:
+	rm -rf $(VENV)
