@@ -1,0 +1,177 @@
+"""The ``layerforge`` command: run, list, inspect.
+
+    layerforge run <pipeline> [key=value ...] [--force STAGE] [--dry-run] [--quiet]
+    layerforge list
+    layerforge inspect <run-dir>
+
+Problems the user can fix print one line ``error: <problem>; <fix>`` and exit with code 2.
+A stage that fails for another reason exits with code 1, its traceback in the run's log.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from layerforge.errors import InputError, LayerforgeError
+
+log = logging.getLogger("layerforge")
+
+
+def _setup_logging(log_file: Path | None, quiet: bool) -> None:
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file)
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+
+
+def _resolve_input(raw: object) -> Path | None:
+    if raw in (None, ""):
+        return None
+    path = Path(str(raw)).expanduser()
+    if not path.exists():
+        raise InputError(f"input {path} does not exist", "pass an existing file or folder with input=PATH")
+    return path.resolve()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from layerforge.pipelines import registry
+    from layerforge.pipelines.engine import Engine, format_plan
+    from layerforge.pipelines.rundir import RunDir
+
+    overrides = list(args.overrides)
+    if args.quiet:
+        overrides.append("quiet=true")
+    cfg = registry.load_config(args.pipeline, overrides)
+    pipeline = registry.build(cfg)
+    input_path = _resolve_input(cfg.get("input"))
+    run_name = str(cfg.run) if cfg.get("run") else time.strftime("%Y%m%d-%H%M%S")
+    root = Path(str(cfg.out)) / pipeline.name / run_name
+    if args.dry_run:
+        run_dir = RunDir.open(root, pipeline.name) if (root / "manifest.json").exists() else RunDir(root, {"stages": {}, "exports": {}})
+        engine = Engine(pipeline, cfg, run_dir, input_path)
+        print(f"{pipeline.name} run '{run_name}' in {root}:")
+        print(format_plan(engine.plan(args.force)))
+        return 0
+    run_dir = RunDir.open(root, pipeline.name)
+    _setup_logging(run_dir.log_path, bool(cfg.quiet))
+    from omegaconf import OmegaConf
+
+    from layerforge.assets.atomic import atomic_write_text
+
+    atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg))
+    log.info("%s run '%s' -> %s", pipeline.name, run_name, root)
+    engine = Engine(pipeline, cfg, run_dir, input_path)
+    try:
+        engine.run(force=args.force)
+    except LayerforgeError:
+        raise
+    except Exception as err:  # a bug or an environment problem: keep the traceback in the log
+        log.exception("stage failed")
+        print(
+            f"error: a stage failed with {type(err).__name__}: {err}; the traceback is in {run_dir.log_path}",
+            file=sys.stderr,
+        )
+        return 1
+    exports = sorted(run_dir.exports)
+    print(f"done: {root}")
+    for rel in exports:
+        print(f"  {root / rel}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from layerforge.pipelines import registry
+
+    for name in registry.available():
+        cfg = registry.load_config(name, [])
+        spec = cfg.pipeline
+        print(f"{name}: {spec.get('description', '')}")
+        print(f"  stages: {' -> '.join(spec.stages)}")
+        options = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "pipeline" and not isinstance(v, dict)}
+        print("  options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
+        sections = [k for k, v in cfg.items() if k != "pipeline" and isinstance(v, type(cfg))]
+        if sections:
+            print("  sections (set with section.key=value): " + ", ".join(sections))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from layerforge.pipelines.rundir import load_manifest
+
+    manifest = load_manifest(args.run_dir)
+    root = Path(args.run_dir)
+    print(f"{manifest.get('pipeline')} run '{manifest.get('run')}' (seed {manifest.get('seed')}, device {manifest.get('device')})")
+    print(f"{'stage':<12} {'status':<12} {'wall s':>9} {'peak MB':>9}  figures")
+    for name, entry in manifest.get("stages", {}).items():
+        figures = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in (entry.get("metrics") or {}).items())
+        print(
+            f"{name:<12} {entry.get('status', '?'):<12} {entry.get('wall_s', float('nan')):>9.2f} "
+            f"{entry.get('peak_rss_mb', float('nan')):>9.0f}  {figures}"
+        )
+        if entry.get("error"):
+            print(f"{'':<12} error: {entry['error']}")
+    exports = sorted(manifest.get("exports", {}))
+    if exports:
+        try:
+            from layerforge.assets.export import describe_file
+        except ImportError:  # assets writers not installed in a minimal setup
+            describe_file = None
+        print("deliverables:")
+        for rel in exports:
+            path = root / rel
+            kind = describe_file(path) if describe_file is not None and path.exists() else path.suffix.lstrip(".")
+            state = "" if path.exists() else "  (missing)"
+            size = f"{path.stat().st_size / 1024:.1f} KiB" if path.exists() else ""
+            print(f"  {rel:<40} {kind:<28} {size}{state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerforge", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a pipeline")
+    run.add_argument("pipeline")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides key=value (input=, run=, out=, seed=, device=, ...)")
+    run.add_argument("--force", metavar="STAGE", help="re-run from this stage on")
+    run.add_argument("--dry-run", action="store_true", help="say what would run and why, run nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="pipelines, their stages and options")
+    lst.set_defaults(func=cmd_list)
+    ins = sub.add_parser("inspect", help="a run's stages, timings and deliverables")
+    ins.add_argument("run_dir")
+    ins.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``layerforge`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LayerforgeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
