@@ -1,0 +1,18 @@
+"""Shared renderers: cameras, mesh rasterization, Gaussians, volume, panorama.
+
+Only cheap imports here (torch); gsplat / nerfstudio are imported inside the functions
+that need them.
+"""
+
+from layerforge.renderers.cameras import (  # noqa: F401
+    Camera,
+    OrbitSample,
+    focal_to_fov,
+    fov_to_focal,
+    generate_rays,
+    intrinsics_from_fov,
+    look_at,
+    orbit_cameras,
+    project,
+    sample_orbit_cameras,
+)
