@@ -98,8 +98,13 @@ def build_tiny_models(root: Path) -> TinyModels:
     StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=_unet(9), scheduler=_scheduler(),
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).save_pretrained(root / "tiny-sd-inpaint")
-    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 4, 4, 4)).save_pretrained(
-        root / "tiny-controlnet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 4, 4, 4))
+    # A real ControlNet starts with zero convolutions (no effect); give ours random ones so
+    # tests can see the conditioning image change the prediction.
+    for name, p in controlnet.named_parameters():
+        if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            torch.nn.init.normal_(p, std=0.3)
+    controlnet.save_pretrained(root / "tiny-controlnet")
     return TinyModels(sd=root / "tiny-sd", inpaint=root / "tiny-sd-inpaint", controlnet=root / "tiny-controlnet")
 
 
@@ -141,7 +146,8 @@ class OracleUNet(torch.nn.Module):
 
     def expected_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = self.abar[t].view(-1, 1, 1, 1)
-        return (x_t - a.sqrt() * self.target) / (1 - a).sqrt()
+        target = self.target.repeat(x_t.shape[0] // self.target.shape[0], 1, 1, 1)  # CFG stacks [cond; uncond]
+        return (x_t - a.sqrt() * target) / (1 - a).sqrt()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, encoder_hidden_states=None, **_: object):
         self.calls += 1

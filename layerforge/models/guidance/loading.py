@@ -174,7 +174,7 @@ def load_pipeline(
     import diffusers
 
     cls = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
-    kwargs: dict[str, Any] = dict(torch_dtype=dtype, local_files_only=local or is_offline(options.offline))
+    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local or is_offline(options.offline))
     if options.variant:
         kwargs["variant"] = options.variant
     extra = {"safety_checker": None, "requires_safety_checker": False} if _takes_safety_checker(cls, source, local) else {}
@@ -213,7 +213,7 @@ def load_model(
         check_model_folder(Path(source) / subfolder if subfolder else Path(source), key, layout)
     import diffusers
 
-    kwargs: dict[str, Any] = dict(torch_dtype=dtype, local_files_only=local or is_offline(options.offline))
+    kwargs: dict[str, Any] = dict(dtype=dtype, local_files_only=local or is_offline(options.offline))
     if subfolder:
         kwargs["subfolder"] = subfolder
     try:

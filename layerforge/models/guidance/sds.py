@@ -143,8 +143,7 @@ class SDSGuidance:
     def __init__(self, config: SDSConfig | Mapping[str, Any] | None, pipe: Any | None = None) -> None:
         self.config = config if isinstance(config, self.config_class) else self.config_class.from_mapping(config)
         if pipe is None:
-            pipe = load_pipeline(self.config.pretrained_model_name_or_path, options=self.config.load_options(),
-                                 **self._extra_components())
+            pipe = load_pipeline(self.config.pretrained_model_name_or_path, options=self.config.load_options())
         self.pipe = pipe
         self.unet = pipe.unet
         self.vae = pipe.vae
@@ -165,9 +164,6 @@ class SDSGuidance:
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "SDSGuidance":
         return cls(cls.config_class.from_mapping(cfg))
-
-    def _extra_components(self) -> dict[str, Any]:
-        return {}
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -275,7 +271,7 @@ class SDSGuidance:
             raise ConfigError(f"guidance step range [{lo}, {hi}] at step {step} is invalid",
                               "keep 0 <= min_step_percent <= max_step_percent <= 1")
         n = self.num_train_timesteps
-        return int(n * lo), min(int(n * hi), n - 1)
+        return int(round(n * lo)), min(int(round(n * hi)), n - 1)
 
     def __call__(
         self,

@@ -1,0 +1,165 @@
+"""SDS: exact gradients under an oracle prior, weightings, per-pixel maps, schedules, guards."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from layerforge.errors import ConfigError, NonFiniteError
+from layerforge.models.guidance import SDSGuidance, visibility_weight_map
+from layerforge.models.schedules import schedule_value
+
+S = 8  # latent side of the tiny models
+
+
+def _guidance(pipe, **cfg) -> SDSGuidance:
+    base = dict(prompt="a chair", latent_size=S, device="cpu", dtype="float32", latent_mode="direct",
+                guidance_scale=7.5)
+    return SDSGuidance({**base, **cfg}, pipe=pipe)
+
+
+def _with_oracle(g: SDSGuidance, oracle_cls, target: torch.Tensor):
+    g.unet = oracle_cls(target, g.alphas_cumprod)
+    return g.unet
+
+
+@pytest.mark.parametrize("weighting", ["dreamfusion", "uniform", "fantasia3d"])
+def test_gradient_equals_weighted_noise_residual(tiny_sd_pipe, oracle_cls, weighting):
+    torch.manual_seed(1)
+    g = _guidance(tiny_sd_pipe, weighting=weighting)
+    target = torch.randn(3, 4, S, S)
+    oracle = _with_oracle(g, oracle_cls, target)
+    images = torch.rand(3, S, S, 4, requires_grad=True)
+    t = torch.tensor([50, 400, 900])
+    noise = torch.randn(3, 4, S, S)
+    out = g(images, timesteps=t, noise=noise)
+    out.latents.retain_grad()
+    out.loss.backward()
+
+    abar = g.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x = images.detach().permute(0, 3, 1, 2) * 2 - 1
+    eps_hat = oracle.expected_eps(abar.sqrt() * x + (1 - abar).sqrt() * noise, t)
+    w = {"dreamfusion": 1 - abar, "uniform": torch.ones_like(abar), "fantasia3d": abar.sqrt() * (1 - abar)}[weighting]
+    expected = w * (eps_hat - noise)
+    torch.testing.assert_close(out.latents.grad * 3, expected, rtol=1e-5, atol=1e-6)
+    # direct mode maps [0, 1] -> [-1, 1]: the image gradient carries the factor 2
+    torch.testing.assert_close(images.grad, 2 * expected.permute(0, 2, 3, 1) / 3, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.weights, w.view(-1))
+    assert oracle.calls == 1  # cond and uncond in one batched call
+    assert out.logs["loss_sds"] == pytest.approx(0.5 * float((expected ** 2).sum()) / 3, rel=1e-5)
+
+
+def test_per_pixel_weight_map_scales_gradient(tiny_sd_pipe, oracle_cls):
+    torch.manual_seed(2)
+    g = _guidance(tiny_sd_pipe, weighting="fantasia3d")
+    _with_oracle(g, oracle_cls, torch.randn(2, 4, S, S))
+    images = torch.rand(2, S, S, 4)
+    t, noise = torch.tensor([300, 600]), torch.randn(2, 4, S, S)
+    vis = torch.rand(2, S, S)
+    plain = g(images, timesteps=t, noise=noise).grad
+    weighted = g(images, timesteps=t, noise=noise, weight_map=visibility_weight_map(vis)).grad
+    torch.testing.assert_close(weighted, plain * visibility_weight_map(vis).unsqueeze(1))
+    # a map at image resolution is area-averaged onto the latent grid
+    big = visibility_weight_map(vis).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    torch.testing.assert_close(g(images, timesteps=t, noise=noise, weight_map=big).grad, weighted)
+
+
+def test_visibility_weight_formula():
+    v = torch.tensor([0.0, 0.25, 0.49, 0.5, 0.75, 1.0])
+    expected = torch.tensor([20.0, 20 - 38 * 0.25, 20 - 38 * 0.49, 0.1, 0.05, 0.0])
+    torch.testing.assert_close(visibility_weight_map(v), expected)
+
+
+def test_oracle_sds_drives_image_to_target(tiny_sd_pipe, oracle_cls):
+    torch.manual_seed(3)
+    g = _guidance(tiny_sd_pipe, weighting="dreamfusion", min_step_percent=0.02, max_step_percent=0.98)
+    target_image = torch.rand(1, S, S, 4)
+    _with_oracle(g, oracle_cls, target_image.permute(0, 3, 1, 2) * 2 - 1)
+    image = torch.nn.Parameter(torch.full((1, S, S, 4), 0.5))
+    opt = torch.optim.Adam([image], lr=0.02)
+    start = float((image.detach() - target_image).abs().max())
+    for step in range(300):
+        opt.zero_grad()
+        g(image, step=step).loss.backward()
+        opt.step()
+    err = float((image.detach() - target_image).abs().max())
+    assert start > 0.3 and err < 0.02, (start, err)
+
+
+def test_classifier_free_guidance_uses_prompt(tiny_sd_pipe):
+    g = _guidance(tiny_sd_pipe)
+    x = torch.randn(1, 4, S, S)
+    t = torch.tensor([500])
+    cond, uncond = g.encode_prompts(["a chair"]), g.encode_prompts([""])
+    e1 = g.predict_noise(x, t, cond, uncond, 1.0)
+    e0 = g.predict_noise(x, t, cond, uncond, 0.0)
+    e3 = g.predict_noise(x, t, cond, uncond, 3.0)
+    assert (e1 - e0).abs().max() > 1e-6  # the prompt changes the prediction
+    torch.testing.assert_close(e3, e0 + 3 * (e1 - e0), rtol=1e-4, atol=1e-5)
+
+
+def test_text_embeddings_cached_and_view_dependent(tiny_sd_pipe):
+    g = _guidance(tiny_sd_pipe)
+    prompts = g.view_prompts("a chair", torch.tensor([10.0, 10.0, 10.0, 75.0]), torch.tensor([0.0, 90.0, 200.0, 0.0]), 4)
+    assert prompts == ["a chair, front view", "a chair, side view", "a chair, back view", "a chair, overhead view"]
+    emb = g.encode_prompts(prompts)
+    assert emb.shape == (4, 16, 16)
+    assert not torch.allclose(emb[0], emb[2])
+    assert g.encode_prompts(["a chair, front view"]).data_ptr() != emb.data_ptr()
+    assert len(g._embedding_cache) == 4
+
+
+def test_encode_mode_gradients_reach_rgb(tiny_sd_pipe):
+    g = _guidance(tiny_sd_pipe, latent_mode="encode")
+    rgb = torch.rand(2, 48, 48, 3, requires_grad=True)  # resized to 64x64 before the VAE
+    out = g(rgb, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.latents.shape == (2, 4, S, S)
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+
+
+def test_timestep_schedule_and_clip(tiny_sd_pipe, oracle_cls):
+    g = _guidance(tiny_sd_pipe, min_step_percent=[2500, 0.2, 0.02, 5000], max_step_percent=[2500, 0.98, 0.4, 5000],
+                  grad_clip=0.01)
+    assert g.step_range(0) == (200, 980)
+    assert g.step_range(3750) == (110, 690)
+    assert g.step_range(10_000) == (20, 400)
+    _with_oracle(g, oracle_cls, torch.randn(64, 4, S, S))
+    out = g(torch.rand(64, S, S, 4), step=10_000)
+    assert out.timesteps.min() >= 20 and out.timesteps.max() <= 400
+    assert out.grad.abs().max() <= 0.01 + 1e-7
+
+
+def test_nan_guards(tiny_sd_pipe, oracle_cls):
+    g = _guidance(tiny_sd_pipe)
+    bad = torch.rand(1, S, S, 4)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError) as err:
+        g(bad)
+    assert "\n" not in str(err.value)
+    target = torch.zeros(1, 4, S, S)
+    target[0, 0, 0, 0] = float("inf")
+    _with_oracle(g, oracle_cls, target)
+    out = g(torch.rand(1, S, S, 4))
+    assert torch.isfinite(out.grad).all() and out.logs["nonfinite_grad"] >= 1
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="guidance.weighting"):
+        SDSGuidance({"weighting": "sjc"}, pipe=object())
+    with pytest.raises(ConfigError, match="unknown key guidance.guidance_scal"):
+        SDSGuidance({"guidance_scal": 7.5}, pipe=object())
+    with pytest.raises(ConfigError, match="min_step_percent"):
+        SDSGuidance({"min_step_percent": [1, 2]}, pipe=object())
+
+
+def test_schedule_value():
+    assert schedule_value(0.5, 10) == 0.5
+    spec = [2500, 0.98, 0.40, 5000]
+    assert schedule_value(spec, 0) == 0.98 and schedule_value(spec, 2500) == 0.98
+    assert math.isclose(schedule_value(spec, 3750), 0.69)
+    assert schedule_value(spec, 5000) == 0.40 and schedule_value(spec, 9999) == 0.40
+    assert schedule_value([0.0, 1.0, 10], 5) == 0.5
+    assert schedule_value([0, 100, 200, 10], 5) == 150 and isinstance(schedule_value([0, 100, 200, 10], 5), int)
