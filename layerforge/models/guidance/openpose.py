@@ -33,6 +33,11 @@ COLORS = (
 SMPLX_TO_OPENPOSE18 = (55, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 56, 57, 58, 59)
 
 
+def _px(v: float) -> int:
+    """Index of the pixel containing continuous coordinate ``v`` (pixel i spans [i, i + 1))."""
+    return int(math.floor(v))
+
+
 def project_points(points: torch.Tensor, K: torch.Tensor, world_to_cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pinhole projection of world points.
 
@@ -79,19 +84,19 @@ def draw_openpose(
     stick = stick_width if stick_width is not None else max(1, round(4 * scale))
     radius = joint_radius if joint_radius is not None else max(1, round(4 * scale))
     canvas = np.zeros((height, width, 3), np.uint8)
-    for person, seen in zip(kp - 0.5, vis):  # continuous coords -> integer pixel indices
+    for person, seen in zip(kp, vis):
         for i, (a, b) in enumerate(LIMBS):
             if not (seen[a] and seen[b]):
                 continue
             (xa, ya), (xb, yb) = person[a], person[b]
             length = math.hypot(xb - xa, yb - ya)
             angle = math.degrees(math.atan2(yb - ya, xb - xa))
-            poly = cv2.ellipse2Poly((int(round((xa + xb) / 2)), int(round((ya + yb) / 2))),
+            poly = cv2.ellipse2Poly((_px((xa + xb) / 2), _px((ya + yb) / 2)),
                                     (int(round(length / 2)), stick), int(round(angle)), 0, 360, 1)
             layer = canvas.copy()
             cv2.fillConvexPoly(layer, poly, COLORS[i])
             canvas = cv2.addWeighted(canvas, 0.4, layer, 0.6, 0)
         for j in range(18):
             if seen[j]:
-                cv2.circle(canvas, (int(round(person[j, 0])), int(round(person[j, 1]))), radius, COLORS[j], thickness=-1)
+                cv2.circle(canvas, (_px(person[j, 0]), _px(person[j, 1])), radius, COLORS[j], thickness=-1)
     return torch.from_numpy(canvas.astype(np.float32) / 255.0)
