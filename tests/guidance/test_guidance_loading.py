@@ -77,3 +77,24 @@ def test_controlnet_folder(tiny_models, tmp_path):
     assert not any(p.requires_grad for p in cn.parameters())
     with pytest.raises(ModelNotFoundError, match="guidance.controlnet_name_or_path.*no config.json"):
         load_model("ControlNetModel", tmp_path, key="guidance.controlnet_name_or_path")
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from layerforge.models.guidance import ControlNetSDSConfig, InpaintConfig, PanoramaConfig, SDSConfig
+    from layerforge.models.guidance.loading import config_from_mapping
+
+    folder = Path(__file__).resolve().parents[2] / "layerforge" / "configs" / "guidance"
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        name = f.stem
+        cls = (ControlNetSDSConfig if "controlnet" in name else SDSConfig if name.startswith("sd")
+               else InpaintConfig if name.startswith("inpaint") else PanoramaConfig)
+        cfg = config_from_mapping(cls, OmegaConf.load(f))
+        assert isinstance(cfg, cls), name
+    dp = config_from_mapping(SDSConfig, OmegaConf.load(folder / "sd21_sds.yaml"))
+    assert dp.guidance_scale == 50.0 and dp.weighting == "fantasia3d" and dp.latent_mode == "direct"
