@@ -53,6 +53,9 @@ def export(ctx: StageContext) -> None:
     from layerforge.assets.atomic import atomic_write_text
 
     atomic_write_text(ctx.export_path("weights.txt"), text + "\n")
+    staged = ctx.folder / "staged"
+    atomic_write_text(staged / "extra" / "info.txt", "2 values\n")
+    ctx.publish(staged)
     ctx.record(n_values=len(text.split()))
 
 

@@ -91,7 +91,9 @@ def test_manifest_contents(tmp_path, numbers):
         assert e["seed"] == stage_seed(0, name)
     assert m["stages"]["train"]["input_hashes"]["numbers"] == m["stages"]["load"]["outputs"]["numbers"]["sha256"]
     assert m["stages"]["export"]["metrics"] == {"n_values": 2}
-    assert list(m["exports"]) == ["export/weights.txt"]
+    assert sorted(m["exports"]) == ["export/extra/info.txt", "export/weights.txt"]
+    assert (run / "export" / "extra" / "info.txt").read_text() == "2 values\n"
+    assert not (run / "stages" / "export" / "staged" / "extra" / "info.txt").exists()  # moved, not copied
 
 
 def test_same_seed_same_output_different_seed_different(tmp_path, numbers):

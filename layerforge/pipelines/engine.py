@@ -177,6 +177,21 @@ class StageContext:
         self._exports.append(path)
         return path
 
+    def publish(self, staged: Path) -> list[Path]:
+        """Move every file under the folder ``staged`` into ``export/`` (same relative paths).
+
+        For writers that emit several files at once (OBJ + MTL + textures): write them to a
+        staging folder inside the stage folder, then publish; each file gets the same
+        protection as :meth:`export_path` and lands by an atomic rename.
+        """
+        published = []
+        for src in sorted(p for p in Path(staged).rglob("*") if p.is_file()):
+            dst = self.export_path(src.relative_to(staged).as_posix())
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            src.replace(dst)  # same run folder, same file system: an atomic rename
+            published.append(dst)
+        return published
+
     def preview_path(self, filename: str) -> Path:
         """Path of a preview image under ``previews/``."""
         return self.run_dir.preview_dir / filename
