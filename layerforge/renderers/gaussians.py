@@ -230,7 +230,8 @@ def _rasterize_torch(
                 dy = m2[None, sl, 1] - pc[:, None, 1]
                 ca, cb, cc = con[sl].unbind(-1)
                 q = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy  # [P, G]
-                alpha = torch.clamp_max(op[None, sl] * torch.exp(-q), ALPHA_MAX)
+                # q > 20 is far below ALPHA_MIN; clamping keeps exp() out of slow denormals
+                alpha = torch.clamp_max(op[None, sl] * torch.exp(-q.clamp_max(20.0)), ALPHA_MAX)
                 with torch.no_grad():
                     in_tile = (
                         (pt[:, None, 0] >= tmin[None, sl, 0]) & (pt[:, None, 0] < tmax[None, sl, 0])
