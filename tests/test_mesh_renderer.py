@@ -1,0 +1,367 @@
+"""Mesh rasterizer: exact coverage, analytic silhouettes, gradients, inverse rendering, backends."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from layerforge.errors import ConfigError, InputError
+from layerforge.renderers.cameras import Camera, generate_rays, look_at, orbit_cameras, project
+from layerforge.renderers.mesh import (
+    antialias,
+    edge_neighbours,
+    interpolate,
+    normal_map,
+    rasterize,
+    render_mesh,
+    sample_texture,
+    shade_lambert,
+    vertex_normals,
+)
+
+
+def icosphere(subdivisions: int, radius: float = 1.0, dtype: torch.dtype = torch.float32):
+    """Unit icosphere (counter-clockwise faces seen from outside), without trimesh."""
+    t = (1.0 + 5.0**0.5) / 2.0
+    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
+         (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
+         (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5),
+         (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    verts = [torch.tensor(p, dtype=torch.float64) for p in v]
+    verts = [p / p.norm() for p in verts]
+    faces = list(f)
+    for _ in range(subdivisions):
+        cache: dict[tuple[int, int], int] = {}
+
+        def mid(a: int, b: int) -> int:
+            key = (min(a, b), max(a, b))
+            if key not in cache:
+                m = verts[a] + verts[b]
+                verts.append(m / m.norm())
+                cache[key] = len(verts) - 1
+            return cache[key]
+
+        new = []
+        for a, b, c in faces:
+            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            new += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = new
+    return (torch.stack(verts) * radius).to(dtype), torch.tensor(faces, dtype=torch.int64)
+
+
+def pinhole(width: int, height: int, f: float, w2c: torch.Tensor | None = None, dtype=torch.float64) -> Camera:
+    k = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]], dtype=dtype)
+    return Camera(k, torch.eye(4, dtype=dtype) if w2c is None else w2c.to(dtype), width, height)
+
+
+# --------------------------------------------------------------------------------------------
+# Visibility
+# --------------------------------------------------------------------------------------------
+
+
+def test_triangle_covers_exactly_the_pixels_whose_centres_are_inside():
+    w, h, f = 24, 20, 20.0
+    cam = pinhole(w, h, f)
+    # pixel-space vertices (kept off pixel centres), lifted to z = 2 in camera space
+    pix = torch.tensor([[2.3, 3.1], [21.7, 6.4], [7.2, 18.6]], dtype=torch.float64)
+    z = 2.0
+    xyz = torch.cat([(pix - torch.tensor([w / 2, h / 2])) / f * z, torch.full((3, 1), z)], dim=-1)
+    frags = rasterize(xyz, torch.tensor([[0, 1, 2]]), cam, backend="torch")
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    p = torch.stack([u, v], -1).double()
+
+    def edge(a, b):
+        return (b[0] - a[0]) * (p[..., 1] - a[1]) - (b[1] - a[1]) * (p[..., 0] - a[0])
+
+    e = torch.stack([edge(pix[0], pix[1]), edge(pix[1], pix[2]), edge(pix[2], pix[0])])
+    inside = (e >= 0).all(0) | (e <= 0).all(0)
+    assert e.abs().min() > 1e-3  # no centre is ambiguous at float32
+    assert 40 < int(inside.sum()) < w * h - 40
+    assert torch.equal(frags.mask[0], inside)
+    assert torch.allclose(frags.depth[0][inside], torch.full_like(frags.depth[0][inside], z))
+    assert (frags.depth[0][~inside] == 0).all() and (frags.face_id[0][~inside] == -1).all()
+
+
+def test_depth_order_ties_near_and_far():
+    w2c = torch.eye(4)
+    cam = pinhole(8, 8, 8.0, w2c)
+    quad = torch.tensor([[-2.0, -2.0], [2.0, -2.0], [0.0, 2.0]], dtype=torch.float64)
+
+    def tri(z: float) -> torch.Tensor:
+        return torch.cat([quad * z, torch.full((3, 1), z, dtype=torch.float64)], dim=-1)
+
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    # nearest wins regardless of face order
+    fr = rasterize(torch.cat([tri(3.0), tri(1.0), tri(2.0)]), faces, cam)
+    assert (fr.face_id[fr.mask] == 1).all() and fr.mask.sum() > 20
+    # equal depth: smallest face id wins
+    fr = rasterize(torch.cat([tri(2.0), tri(2.0), tri(2.0)]), faces[[2, 1, 0]] * 0 + faces, cam)
+    assert (fr.face_id[fr.mask] == 0).all()
+    # faces with a vertex nearer than `near` are skipped, not clipped
+    near_cam = Camera(cam.K, cam.world_to_camera, 8, 8, near=1.5, far=2.5)
+    v = torch.cat([tri(1.0), tri(2.0), tri(3.0)])
+    fr = rasterize(v, faces, near_cam)
+    assert (fr.face_id == 1).all()  # the z=1 and z=3 faces are out of [near, far]
+    straddle = tri(2.0).clone()
+    straddle[0, 2] = 1.0  # one vertex in front of the near plane
+    fr = rasterize(straddle, faces[:1], near_cam)
+    assert not fr.mask.any()
+
+
+def test_torch_backend_chunking_does_not_change_the_result():
+    verts, faces = icosphere(2)
+    cams = orbit_cameras(torch.tensor([10.0, 50.0]), torch.tensor([20.0, 200.0]), 3.0, 45.0, 32, 24)
+    a = rasterize(verts, faces, cams, backend="torch")
+    b = rasterize(verts, faces, cams, backend="torch", max_candidates=97)
+    assert torch.equal(a.face_id, b.face_id)
+    assert a.mask.sum() > 200
+
+
+def test_sphere_silhouette_matches_analytic_projection():
+    r, d = 1.0, 4.0
+    verts, faces = icosphere(4, r)  # 5120 faces
+    f, size = 60.0, 64
+    cams = []
+    for centre in (torch.tensor([0.0, 0.0, d]), torch.tensor([0.7, 0.0, d])):
+        # camera at the origin looking along +z (identity pose); the sphere is moved instead
+        cams.append((pinhole(size, size, f, dtype=torch.float32), centre))
+    for cam, centre in cams:
+        fr = rasterize(verts + centre, faces, cam)
+        area = fr.mask.sum().item()
+        dist = centre.norm().item()
+        sin_a = r / dist
+        cos_t = centre[2].item() / dist
+        # image of a sphere: an ellipse with these semi-axes (a cone of half-angle alpha whose
+        # axis makes angle theta with the optical axis, cut by the image plane at f)
+        denom = cos_t**2 - sin_a**2
+        a_ax = f * sin_a * math.sqrt(1 - sin_a**2) / denom
+        b_ax = f * sin_a / math.sqrt(denom)
+        analytic = math.pi * a_ax * b_ax
+        assert abs(area - analytic) / analytic < 0.03, (area, analytic)
+        # and the same pixels as exact ray-sphere hits (up to the polygonal silhouette)
+        o, dirs = generate_rays(cam)
+        oc = o - centre
+        bq = (oc * dirs).sum(-1)
+        hit = (bq**2 - (oc * oc).sum(-1) + r * r) > 0
+        assert (hit[0] ^ fr.mask[0]).sum().item() < 0.03 * analytic
+
+
+# --------------------------------------------------------------------------------------------
+# Differentiable parts
+# --------------------------------------------------------------------------------------------
+
+
+def _two_triangles(dtype=torch.float64):
+    v = torch.tensor(
+        [[-0.61, -0.52, 2.03], [0.58, -0.47, 2.21], [0.07, 0.63, 1.87], [0.49, 0.41, 2.6], [-0.3, 0.2, 3.1]],
+        dtype=dtype,
+    )
+    faces = torch.tensor([[0, 1, 2], [1, 3, 2], [4, 0, 2]])
+    return v, faces
+
+
+def test_interpolated_positions_are_perspective_correct():
+    v, faces = _two_triangles()
+    cam = pinhole(20, 20, 18.0)
+    fr = rasterize(v, faces, cam)
+    pos = interpolate(v, fr, faces)  # world = camera space here
+    m = fr.mask
+    pix, depth = project(cam, pos[m][None])
+    ii, jj = m[0].nonzero(as_tuple=True)
+    assert torch.allclose(pix[0], torch.stack([jj + 0.5, ii + 0.5], -1).double(), atol=1e-9)
+    assert torch.allclose(depth[0], fr.depth[m], atol=1e-12)
+    assert torch.allclose(fr.barycentrics[m].sum(-1), torch.ones(int(m.sum()), dtype=torch.float64))
+    assert (fr.barycentrics[m] >= -1e-12).all()
+    assert (pos[~m] == 0).all()
+
+
+def test_barycentric_and_depth_gradients_match_finite_differences():
+    v, faces = _two_triangles()
+    cam = pinhole(10, 10, 9.0)
+    ref = rasterize(v, faces, cam).face_id
+
+    def fn(x):
+        fr = rasterize(x, faces, cam)
+        assert torch.equal(fr.face_id, ref)  # visibility fixed under the perturbation
+        return fr.barycentrics, fr.depth
+
+    assert torch.autograd.gradcheck(fn, (v.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+
+
+def test_antialias_gradients_match_finite_differences():
+    v, faces = _two_triangles()
+    cam = pinhole(12, 12, 10.0)
+    colors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.9], [0.7, 0.3]], dtype=torch.float64)
+    ref = rasterize(v, faces, cam).face_id
+
+    def fn(x):
+        fr = rasterize(x, faces, cam)
+        assert torch.equal(fr.face_id, ref)
+        img = interpolate(colors, fr, faces) + 0.25 * (~fr.mask[..., None]).double()
+        return antialias(img, fr, x, faces, cam)
+
+    assert torch.autograd.gradcheck(fn, (v.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+
+
+def test_antialias_gives_silhouette_gradients_and_keeps_interior():
+    verts, faces = icosphere(1, 0.8, torch.float64)
+    cam = pinhole(24, 24, 30.0)
+    x = (verts + torch.tensor([0.03, -0.02, 3.0], dtype=torch.float64)).requires_grad_()
+    fr = rasterize(x, faces, cam)
+    alpha = fr.mask[..., None].double()
+    out = antialias(alpha, fr, x, faces, cam)
+    # constant inside a closed mesh: interior edges are not silhouettes, nothing changes there
+    inner = torch.nn.functional.max_pool2d(-alpha.permute(0, 3, 1, 2), 3, 1, 1).neg().permute(0, 2, 3, 1)
+    assert torch.equal(out[inner > 0], alpha[inner > 0])
+    changed = (out - alpha).abs() > 1e-9
+    assert changed.sum() > 10  # silhouette pixels were blended
+    assert ((out >= 0) & (out <= 1)).all()
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert g.abs().sum() > 0
+    # moving the sphere right increases coverage to the right: d(sum alpha on right half)/dx > 0
+    (g2,) = torch.autograd.grad(antialias(alpha, fr, x, faces, cam)[:, :, 12:].sum(), x)
+    assert g2[:, 0].sum() > 0
+
+
+def test_edge_neighbours():
+    tri = torch.tensor([[0, 1, 2]])
+    assert (edge_neighbours(tri) == -1).all()
+    _, faces = icosphere(0)
+    nb = edge_neighbours(faces)
+    assert (nb >= 0).all()
+    # symmetric: the neighbour across my edge (a, b) has the edge (b, a)
+    for f in range(faces.shape[0]):
+        for k in range(3):
+            a, b = faces[f, k].item(), faces[f, (k + 1) % 3].item()
+            g = nb[f, k].item()
+            edges = {(faces[g, i].item(), faces[g, (i + 1) % 3].item()) for i in range(3)}
+            assert (b, a) in edges
+
+
+def test_inverse_rendering_recovers_translation_from_silhouettes():
+    torch.manual_seed(0)
+    verts, faces = icosphere(1, 0.5)
+    w2c = torch.cat([look_at([3.0, 0.0, 0.0]), look_at([0.0, -3.0, 0.5])])
+    k = torch.tensor([[28.0, 0.0, 16.0], [0.0, 28.0, 16.0], [0.0, 0.0, 1.0]])
+    cams = Camera(k, w2c, 32, 32)
+    target_t = torch.tensor([0.12, -0.08, 0.1])
+    with torch.no_grad():
+        x = verts + target_t
+        fr = rasterize(x, faces, cams)
+        target = antialias(fr.mask[..., None].float(), fr, x, faces, cams)
+    t = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([t], lr=0.01)
+    nb = edge_neighbours(faces)
+    for _ in range(150):
+        x = verts + t
+        fr = rasterize(x, faces, cams)
+        img = antialias(fr.mask[..., None].float(), fr, x, faces, cams, neighbours=nb)
+        loss = ((img - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (t.detach() - target_t).abs().max() < 0.01, t
+
+
+# --------------------------------------------------------------------------------------------
+# Texturing, normals, shading, previews
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_texture_uses_v_up():
+    # 2x2 texture; row 0 is the top of the image
+    tex = torch.tensor([[[1.0, 0.0], [2.0, 0.0]], [[3.0, 0.0], [4.0, 0.0]]])[None]
+    uv = torch.tensor([[0.25, 0.75], [0.75, 0.75], [0.25, 0.25], [0.75, 0.25], [0.5, 0.75]])
+    out = sample_texture(tex, uv.view(1, 1, 5, 2), wrap="clamp")[0, 0, :, 0]
+    assert torch.allclose(out, torch.tensor([1.0, 2.0, 3.0, 4.0, 1.5]))
+    rep = sample_texture(tex, (uv + 1.0).view(1, 1, 5, 2), wrap="repeat")[0, 0, :4, 0]
+    assert torch.allclose(rep, torch.tensor([1.0, 2.0, 3.0, 4.0]), atol=1e-5)
+    with pytest.raises(ConfigError):
+        sample_texture(tex, uv.view(1, 1, 5, 2), wrap="mirror")
+
+
+def test_normals_depth_and_render_mesh_preview():
+    verts, faces = icosphere(2, 0.7)
+    cam = orbit_cameras(20.0, 30.0, 3.0, 40.0, 32, 32)
+    out = render_mesh(verts, faces, cam, vertex_colors=torch.ones_like(verts) * 0.5, background=1.0)
+    assert out["rgb"].shape == (1, 32, 32, 3) and out["alpha"].shape == (1, 32, 32, 1)
+    assert out["depth"].shape == (1, 32, 32) and out["normal"].shape == (1, 32, 32, 3)
+    fr = rasterize(verts, faces, cam)
+    m = fr.mask
+    # normals of a sphere point away from its centre, towards the camera
+    pos = interpolate(verts, fr, faces)
+    n = normal_map(fr, verts, faces)
+    cos = (n[m] * torch.nn.functional.normalize(pos[m], dim=-1)).sum(-1)
+    assert cos.min() > 0.97
+    assert torch.allclose(n[m].norm(dim=-1), torch.ones(int(m.sum())), atol=1e-5)
+    flat = normal_map(fr, verts, faces, smooth=False)
+    assert (flat[m] * n[m]).sum(-1).min() > 0.9
+    # depth lies between the sphere's near and far points
+    assert fr.depth[m].min() > 3.0 - 0.7 - 1e-4 and fr.depth[m].max() < 3.0 + 1e-4
+    assert (out["depth"][~m] == 0).all()
+    assert ((out["alpha"] >= 0) & (out["alpha"] <= 1)).all()
+    assert torch.allclose(out["rgb"][~m & (out["alpha"][..., 0] == 0)], torch.ones(3))
+    vn = vertex_normals(verts, faces)
+    assert torch.allclose(vn, torch.nn.functional.normalize(verts, dim=-1), atol=0.05)
+    lit = shade_lambert(n, torch.ones(3), -cam.world_to_camera[0, 2, :3], ambient=0.0)
+    assert lit[m].max() > 0.95 and lit[~m].abs().max() == 0
+
+
+def test_textured_render_and_bad_inputs():
+    v = torch.tensor([[-1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    uv = (v[:, :2] + 1) / 2
+    tex = torch.zeros(2, 2, 3)
+    tex[0, :, 0] = 1.0  # top row red
+    tex[1, :, 2] = 1.0  # bottom row blue
+    cam = orbit_cameras(90.0, -90.0, 3.0, 50.0, 16, 16)  # looking down, world +Y up in image
+    out = render_mesh(v, faces, cam, uv=uv, texture=tex, light_dir=torch.tensor([0.0, 0.0, 1.0]), antialias_edges=False)
+    rgb = out["rgb"][0]
+    assert rgb[5, 8, 0] > rgb[5, 8, 2] and rgb[10, 8, 2] > rgb[10, 8, 0]
+    with pytest.raises(InputError):
+        rasterize(v[:, :2], faces, cam)
+    with pytest.raises(InputError):
+        rasterize(v, faces + 10, cam)
+    with pytest.raises(ConfigError):
+        rasterize(v, faces, cam, backend="opengl")
+    with pytest.raises(ConfigError):
+        rasterize(v, faces, cam, backend="cuda")  # CPU tensors
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA backend
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cuda_kernel_compiles():
+    from layerforge.renderers import mesh_cuda
+
+    if mesh_cuda.nvcc_path() is None:
+        pytest.skip("nvcc not found (set CUDA_HOME to a CUDA toolkit) - cannot build the kernel")
+    if torch.version.cuda is None:
+        pytest.skip("torch is a CPU-only build - cannot build CUDA extensions")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.dirname(__file__), "..", "build", "torch_extensions"))
+    ext = mesh_cuda.load_extension()
+    assert hasattr(ext, "visibility")
+
+
+@pytest.mark.gpu
+def test_cuda_face_ids_identical_to_torch_backend():
+    verts, faces = icosphere(3, 0.6)
+    g = torch.Generator().manual_seed(0)
+    # several overlapping spheres plus coplanar duplicates to exercise ties
+    parts = [verts + torch.randn(3, generator=g) * 0.4 for _ in range(4)]
+    v = torch.cat(parts + [parts[0]])
+    f = torch.cat([faces + i * verts.shape[0] for i in range(5)])
+    cams = orbit_cameras(torch.tensor([10.0, 60.0, -20.0]), torch.tensor([0.0, 120.0, 250.0]), 2.5, 50.0, 96, 64)
+    ref = rasterize(v, f, cams, backend="torch")
+    gpu = rasterize(v.cuda(), f.cuda(), cams.to("cuda"), backend="cuda")
+    gpu_torch = rasterize(v.cuda(), f.cuda(), cams.to("cuda"), backend="torch")
+    assert torch.equal(gpu.face_id.cpu(), ref.face_id)
+    assert torch.equal(gpu_torch.face_id.cpu(), ref.face_id)
+    assert torch.allclose(gpu.barycentrics.cpu(), ref.barycentrics, atol=1e-5)
