@@ -14,6 +14,15 @@ from layerforge.renderers.gaussians import ALPHA_MAX, EPS2D, project_gaussians, 
 from layerforge.renderers.sh import SH_C0, eval_sh, rgb_to_sh
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add sync overhead (10x slower on a busy 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _axis_camera(size: int = 32, f: float = 40.0, dtype=torch.float64) -> Camera:
     """Camera at the origin looking along world +X (+Z up), principal point on pixel (size//2) centre."""
     c = size // 2 + 0.5
