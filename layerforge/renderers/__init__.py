@@ -16,3 +16,13 @@ from layerforge.renderers.cameras import (  # noqa: F401
     project,
     sample_orbit_cameras,
 )
+from layerforge.renderers.mesh import (  # noqa: F401
+    Fragments,
+    antialias,
+    interpolate,
+    normal_map,
+    rasterize,
+    render_mesh,
+    sample_texture,
+    shade_lambert,
+)
