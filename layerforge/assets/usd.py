@@ -1,0 +1,328 @@
+"""USD writer and reader (usd-core), Z up, metres.
+
+Layout written (prim names are :func:`safe_name` of the asset/part names)::
+
+    /<Asset>                 Xform, kind=component, the default prim
+      /Looks/<Material>      UsdPreviewSurface (+ UsdUVTexture for base colour / normal map)
+      /<Part>                Xform with the part transform, customData layer/metadata
+        /<Part>              Mesh (points, faces, normals, primvars:st, displayColor) or
+                             Points for a Gaussian part (centres, widths, DC colour)
+
+Textures are PNG files in ``<stem>_textures/`` with relative asset paths. An asset with
+several layers is written as a root file that sublayers one file per layer
+(``<stem>_layer_<name>.usda``), so a layer can be swapped or muted, plus
+``<stem>_flat.usda`` holding everything in one file for tools that do not compose layers.
+pxr is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerforge.assets.atomic import atomic_path, atomic_write_bytes
+from layerforge.assets.types import (
+    GaussianCloud,
+    LayeredAsset,
+    Material,
+    Mesh,
+    Part,
+    safe_name,
+    texture_from_image,
+    texture_to_png,
+)
+from layerforge.assets.validation import check_file, check_texture_files, validate_asset
+from layerforge.errors import InputError
+
+LOOKS = "Looks"
+
+
+def write_usd(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> dict[str, Path]:
+    """Write ``asset`` as USD (``.usda``/``.usdc``/``.usd``) with its textures, atomically per file.
+
+    Returns ``{"usd": root file, "usd_flat": single-file version (only for several layers),
+    "usd_layer_<layer>": per-layer files, "<texture name>": png, ...}``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".usda", ".usdc", ".usd"):
+        raise InputError(f"{path}: not a USD file name", "use a .usda, .usdc or .usd suffix")
+    if isinstance(asset, Mesh):
+        asset = LayeredAsset(path.stem, [Part(path.stem, asset)])
+    out: dict[str, Path] = {}
+    tex_dir = f"{path.stem}_textures"
+    textures = _texture_files(asset, tex_dir)
+    for rel, data in textures.items():
+        out[Path(rel).name] = atomic_write_bytes(path.parent / rel, data)
+    layers = asset.layers
+    if len(layers) <= 1:
+        out["usd"] = _write_stage(path, asset, asset.parts, tex_dir, [])
+        return out
+    sub: list[str] = []
+    for layer in layers:
+        name = f"{path.stem}_layer_{safe_name(layer)}.usda"
+        parts = [p for p in asset.parts if p.layer == layer]
+        out[f"usd_layer_{layer}"] = _write_stage(path.parent / name, asset, parts, tex_dir, [])
+        sub.append(f"./{name}")
+    out["usd"] = _write_stage(path, asset, [], tex_dir, sub)
+    out["usd_flat"] = _write_stage(path.with_name(f"{path.stem}_flat{path.suffix}"), asset, asset.parts, tex_dir, [])
+    return out
+
+
+def _texture_files(asset: LayeredAsset, tex_dir: str) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for mat in asset.materials():
+        if mat.base_color_texture is not None:
+            files[f"{tex_dir}/{safe_name(mat.name)}_basecolor.png"] = texture_to_png(mat.base_color_texture, srgb=True)
+        if mat.normal_texture is not None:
+            files[f"{tex_dir}/{safe_name(mat.name)}_normal.png"] = texture_to_png(mat.normal_texture, srgb=False)
+    return files
+
+
+def _write_stage(path: Path, asset: LayeredAsset, parts: list[Part], tex_dir: str, sublayers: list[str]) -> Path:
+    from pxr import Kind, Sdf, Usd, UsdGeom
+
+    with atomic_path(path) as tmp:
+        layer = Sdf.Layer.CreateNew(str(tmp), args={"format": "usda"} if path.suffix == ".usd" else {})
+        stage = Usd.Stage.Open(layer)
+        UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.z)
+        UsdGeom.SetStageMetersPerUnit(stage, 1.0)
+        root_path = Sdf.Path("/" + safe_name(asset.name))
+        root = UsdGeom.Xform.Define(stage, root_path).GetPrim()
+        stage.SetDefaultPrim(root)
+        Usd.ModelAPI(root).SetKind(Kind.Tokens.component)
+        if asset.metadata:
+            root.SetCustomDataByKey("layerforge:metadata", _plain(asset.metadata))
+        layer.subLayerPaths = sublayers
+        if sublayers:  # keep the asset's part order across the composed layers
+            root.SetChildrenReorder([safe_name(p.name) for p in asset.parts])
+        materials: dict[int, Any] = {}
+        for part in parts:
+            _define_part(stage, root_path, part, materials, tex_dir)
+        layer.Save()
+    return path
+
+
+def _plain(obj: Any) -> Any:
+    """Metadata as USD-storable dictionaries/strings/numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], tex_dir: str) -> None:
+    from pxr import Gf, Sdf, UsdGeom, UsdShade, Vt
+
+    xf = UsdGeom.Xform.Define(stage, root.AppendChild(safe_name(part.name)))
+    # USD matrices act on row vectors: store the transpose of our column-vector matrix
+    xf.AddTransformOp().Set(Gf.Matrix4d(part.transform.astype(np.float64).T.tolist()))
+    prim = xf.GetPrim()
+    prim.SetCustomDataByKey("layerforge:name", part.name)
+    prim.SetCustomDataByKey("layerforge:layer", str(part.layer))
+    if part.metadata:
+        prim.SetCustomDataByKey("layerforge:metadata", _plain(part.metadata))
+    # the geometry prim shares the part's name: Blender merges an Xform with its only child
+    # into one object named after the child
+    geom_path = prim.GetPath().AppendChild(safe_name(part.name))
+    if isinstance(part.geometry, GaussianCloud):
+        cloud = part.geometry
+        pts = UsdGeom.Points.Define(stage, geom_path)
+        pts.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(cloud.means))
+        pts.CreateWidthsAttr(Vt.FloatArray.FromNumpy((2.0 * np.exp(cloud.log_scales.mean(1))).astype(np.float32)))
+        pts.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(Vt.Vec3fArray.FromNumpy(cloud.rgb()))
+        pts.CreateDisplayOpacityPrimvar(UsdGeom.Tokens.vertex).Set(Vt.FloatArray.FromNumpy(cloud.opacities()))
+        pts.CreateExtentAttr(UsdGeom.PointBased.ComputeExtent(pts.GetPointsAttr().Get()))
+        return
+    mesh = part.geometry
+    um = UsdGeom.Mesh.Define(stage, geom_path)
+    um.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(mesh.vertices))
+    um.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(mesh.faces), 3, np.int32)))
+    um.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(mesh.faces.reshape(-1).astype(np.int32)))
+    um.CreateExtentAttr(Vt.Vec3fArray.FromNumpy(mesh.bounds()))
+    um.CreateSubdivisionSchemeAttr(UsdGeom.Tokens.none)
+    if mesh.normals is not None:
+        um.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(mesh.normals))
+        um.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
+    api = UsdGeom.PrimvarsAPI(um)
+    if mesh.uvs is not None:
+        st = api.CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
+        st.Set(Vt.Vec2fArray.FromNumpy(mesh.uvs))
+    if mesh.colors is not None:
+        um.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(mesh.colors[:, :3])))
+        if mesh.colors.shape[1] == 4:
+            um.CreateDisplayOpacityPrimvar(UsdGeom.Tokens.vertex).Set(Vt.FloatArray.FromNumpy(np.ascontiguousarray(mesh.colors[:, 3])))
+    if mesh.material is not None:
+        if id(mesh.material) not in materials:
+            materials[id(mesh.material)] = _define_material(stage, root, mesh.material, tex_dir)
+        UsdShade.MaterialBindingAPI.Apply(um.GetPrim()).Bind(materials[id(mesh.material)])
+
+
+def _define_material(stage: Any, root: Any, mat: Material, tex_dir: str) -> Any:
+    from pxr import Gf, Sdf, UsdShade
+
+    looks = root.AppendChild(LOOKS)
+    if not stage.GetPrimAtPath(looks):
+        stage.DefinePrim(looks, "Scope")
+    name = safe_name(mat.name)
+    material = UsdShade.Material.Define(stage, looks.AppendChild(name))
+    surf = UsdShade.Shader.Define(stage, material.GetPath().AppendChild("PreviewSurface"))
+    surf.CreateIdAttr("UsdPreviewSurface")
+    rgba = [float(c) for c in mat.base_color]
+    surf.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(mat.metallic)
+    surf.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(mat.roughness)
+    surf.CreateInput("opacity", Sdf.ValueTypeNames.Float).Set(rgba[3])
+    diffuse = surf.CreateInput("diffuseColor", Sdf.ValueTypeNames.Color3f)
+    diffuse.Set(Gf.Vec3f(*rgba[:3]))
+    material.CreateSurfaceOutput().ConnectToSource(surf.ConnectableAPI(), "surface")
+    if mat.base_color_texture is None and mat.normal_texture is None:
+        return material
+    reader = UsdShade.Shader.Define(stage, material.GetPath().AppendChild("STReader"))
+    reader.CreateIdAttr("UsdPrimvarReader_float2")
+    reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")
+    st = reader.CreateOutput("result", Sdf.ValueTypeNames.Float2)
+
+    def texture(shader_name: str, file: str, colorspace: str, scale: list[float], bias: list[float]) -> Any:
+        tex = UsdShade.Shader.Define(stage, material.GetPath().AppendChild(shader_name))
+        tex.CreateIdAttr("UsdUVTexture")
+        tex.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(Sdf.AssetPath(f"./{tex_dir}/{file}"))
+        tex.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set(colorspace)
+        tex.CreateInput("st", Sdf.ValueTypeNames.Float2).ConnectToSource(st)
+        tex.CreateInput("scale", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(*scale))
+        tex.CreateInput("bias", Sdf.ValueTypeNames.Float4).Set(Gf.Vec4f(*bias))
+        tex.CreateInput("wrapS", Sdf.ValueTypeNames.Token).Set("repeat")
+        tex.CreateInput("wrapT", Sdf.ValueTypeNames.Token).Set("repeat")
+        return tex
+
+    if mat.base_color_texture is not None:
+        tex = texture("BaseColorTexture", f"{name}_basecolor.png", "sRGB", rgba, [0, 0, 0, 0])
+        diffuse.ConnectToSource(tex.CreateOutput("rgb", Sdf.ValueTypeNames.Float3))
+        if mat.base_color_texture.shape[2] == 4:
+            surf.GetInput("opacity").ConnectToSource(tex.CreateOutput("a", Sdf.ValueTypeNames.Float))
+    if mat.normal_texture is not None:
+        tex = texture("NormalTexture", f"{name}_normal.png", "raw", [2, 2, 2, 1], [-1, -1, -1, 0])
+        surf.CreateInput("normal", Sdf.ValueTypeNames.Normal3f).ConnectToSource(tex.CreateOutput("rgb", Sdf.ValueTypeNames.Float3))
+    return material
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_usd(path: str | os.PathLike[str], validate: bool = True) -> LayeredAsset:
+    """Read a USD stage (composed) into a LayeredAsset in metres, +Z up.
+
+    One part per UsdGeom.Mesh (triangulated by fan; named after the part recorded in
+    customData, else the prim), with its world transform, UVs
+    (``primvars:st``), display colours and its bound UsdPreviewSurface material.
+    """
+    from pxr import Usd, UsdGeom, UsdShade
+
+    path = check_file(path, (".usd", ".usda", ".usdc", ".usdz"))
+    stage = Usd.Stage.Open(str(path))
+    if stage is None:
+        raise InputError(f"{path}: cannot open USD stage", "re-export it")
+    scale = UsdGeom.GetStageMetersPerUnit(stage)
+    fix = np.diag([scale, scale, scale, 1.0])
+    if UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.y:
+        fix = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64) @ fix
+    cache = UsdGeom.XformCache()
+    parts: list[Part] = []
+    mats: dict[str, Material] = {}
+    names: set[str] = set()
+    for prim in stage.Traverse():
+        if not prim.IsA(UsdGeom.Mesh):
+            continue
+        parent = prim.GetParent()
+        xform_prim = parent if parent and parent.GetName() == prim.GetName() and parent.IsA(UsdGeom.Xform) else prim
+        name = str(xform_prim.GetCustomDataByKey("layerforge:name") or xform_prim.GetName())
+        while name in names:
+            name += "_"
+        names.add(name)
+        world = np.asarray(cache.GetLocalToWorldTransform(prim), np.float64).T
+        mesh = _read_mesh_prim(path, UsdGeom.Mesh(prim))
+        bound, _ = UsdShade.MaterialBindingAPI(prim).ComputeBoundMaterial()
+        if bound:
+            key = str(bound.GetPath())
+            if key not in mats:
+                mats[key] = _read_material(path, bound)
+            mesh.material = mats[key]
+        layer = xform_prim.GetCustomDataByKey("layerforge:layer")
+        meta = xform_prim.GetCustomDataByKey("layerforge:metadata") or {}
+        parts.append(Part(name, mesh, fix @ world, layer, metadata=dict(meta)))
+    root = stage.GetDefaultPrim()
+    asset = LayeredAsset(root.GetName() if root else path.stem, parts,
+                         dict(root.GetCustomDataByKey("layerforge:metadata") or {}) if root else {})
+    return validate_asset(asset, path) if validate else asset
+
+
+def _read_mesh_prim(path: Path, um: Any) -> Mesh:
+    from pxr import UsdGeom
+
+    points = np.asarray(um.GetPointsAttr().Get() or [], np.float32).reshape(-1, 3)
+    counts = np.asarray(um.GetFaceVertexCountsAttr().Get() or [], np.int64)
+    idx = np.asarray(um.GetFaceVertexIndicesAttr().Get() or [], np.int64)
+    if len(counts) and counts.min() < 3:
+        raise InputError(f"{path}: mesh {um.GetPath()} has faces with < 3 corners", "repair the mesh")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    tris = [np.stack([np.full(c - 2, s), s + np.arange(1, c - 1), s + np.arange(2, c)], 1) for s, c in zip(starts, counts)]
+    corner_tris = np.concatenate(tris) if tris else np.zeros((0, 3), np.int64)
+    faces = idx[corner_tris] if len(idx) else np.zeros((0, 3), np.int64)
+    api = UsdGeom.PrimvarsAPI(um)
+
+    def vertex_primvar(name: str, width: int) -> np.ndarray | None:
+        pv = api.GetPrimvar(name)
+        if not pv or not pv.HasValue():
+            return None
+        vals = np.asarray(pv.ComputeFlattened(), np.float32).reshape(-1, width)
+        if pv.GetInterpolation() in (UsdGeom.Tokens.vertex, UsdGeom.Tokens.varying) and len(vals) == len(points):
+            return vals
+        return None  # faceVarying etc.: not representable per vertex
+
+    normals = None
+    n_attr = um.GetNormalsAttr().Get()
+    if n_attr is not None and len(n_attr) == len(points):
+        normals = np.asarray(n_attr, np.float32)
+    return Mesh(points, faces, normals, vertex_primvar("st", 2), vertex_primvar("displayColor", 3))
+
+
+def _read_material(path: Path, material: Any) -> Material:
+    from pxr import UsdShade
+
+    out = Material(name=material.GetPrim().GetName())
+    surf = material.ComputeSurfaceSource()[0]
+    if not surf:
+        return out
+
+    def value(name: str, default: Any) -> Any:
+        inp = surf.GetInput(name)
+        return inp.Get() if inp and inp.Get() is not None else default
+
+    out.metallic = float(value("metallic", 0.0))
+    out.roughness = float(value("roughness", 0.5))
+    rgb = list(value("diffuseColor", (0.18, 0.18, 0.18)))
+    out.base_color = np.array(rgb + [float(value("opacity", 1.0))], np.float32)
+    for inp_name, srgb in (("diffuseColor", True), ("normal", False)):
+        inp = surf.GetInput(inp_name)
+        if not inp or not inp.HasConnectedSource():
+            continue
+        tex = UsdShade.ConnectableAPI(inp.GetConnectedSources()[0][0].source.GetPrim())
+        file_inp = UsdShade.Shader(tex.GetPrim()).GetInput("file")
+        asset_path = file_inp.Get() if file_inp else None
+        if asset_path is None:
+            continue
+        resolved = asset_path.resolvedPath or ""
+        if not resolved:
+            check_texture_files([path.parent / asset_path.path], path)
+            resolved = str(path.parent / asset_path.path)
+        img = texture_from_image(Path(resolved).read_bytes(), srgb, resolved)
+        if srgb:
+            scale = UsdShade.Shader(tex.GetPrim()).GetInput("scale")
+            if scale and scale.Get() is not None:
+                out.base_color = np.asarray(scale.Get(), np.float32)
+            out.base_color_texture = img
+        else:
+            out.normal_texture = img[..., :3]
+    return out
