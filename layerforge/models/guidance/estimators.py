@@ -40,7 +40,7 @@ def _load_hf_pipeline(task: str, name_or_path: str | os.PathLike | None, key: st
     try:
         return pipeline(task, model=str(Path(name).expanduser()) if local else name, device=dev,
                         dtype=resolve_dtype(dtype, dev, key=key.rsplit(".", 1)[0] + ".dtype"),
-                        model_kwargs={"local_files_only": local or is_offline(offline)})
+                        local_files_only=local or is_offline(offline))
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ModelNotFoundError(f"{key}={name!r}: cannot be loaded ({reason})",
