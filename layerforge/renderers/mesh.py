@@ -203,7 +203,6 @@ def _visibility_torch(
     ny = sf.bbox[:, 3] - sf.bbox[:, 2] + 1
     count = nx * ny
     cum = torch.cumsum(count, 0)
-    total = int(cum[-1]) if cum.numel() else 0
     start, m, done = 0, count.shape[0], 0
     while start < m:
         # faces [start, end) hold at most max_candidates candidates (at least one face).
@@ -223,7 +222,6 @@ def _visibility_torch(
         zbuf.scatter_reduce_(0, target[inside], key[inside], reduce="amin")
         done = int(cum[end - 1])
         start = end
-    del total
     face_id = torch.where(zbuf == _EMPTY_KEY, torch.full_like(zbuf, -1), zbuf & 0xFFFFFFFF)
     return face_id.view(batch, height, width)
 
@@ -631,7 +629,6 @@ def render_mesh(
         0 where empty).
     """
     frags = rasterize(vertices, faces, cameras, backend)
-    b = len(cameras)
     dtype = frags.barycentrics.dtype
     normal = normal_map(frags, vertices, faces)
     if texture is not None and uv is not None:
@@ -652,5 +649,4 @@ def render_mesh(
     if antialias_edges:
         both = antialias(torch.cat([rgb, alpha], dim=-1), frags, vertices, faces, cameras)
         rgb, alpha = both[..., :3], both[..., 3:]
-    del b
     return {"rgb": rgb, "alpha": alpha, "depth": frags.depth, "normal": normal}
