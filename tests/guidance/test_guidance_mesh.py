@@ -44,7 +44,8 @@ def test_sds_fits_vertex_colours_through_the_renderer(tiny_sd_pipe, oracle_cls):
 
     colours = torch.nn.Parameter(torch.full_like(target_colours, 0.5))
     opt = torch.optim.Adam([colours], lr=0.03)
-    start = float((g.images_to_latents(render(colours)) - target_latent).abs().mean())
+    with torch.no_grad():
+        start = float((g.images_to_latents(render(colours)) - target_latent).abs().mean())
     for step in range(150):
         opt.zero_grad()
         g(render(colours), step=step).loss.backward()

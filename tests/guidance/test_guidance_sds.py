@@ -163,3 +163,23 @@ def test_schedule_value():
     assert schedule_value(spec, 5000) == 0.40 and schedule_value(spec, 9999) == 0.40
     assert schedule_value([0.0, 1.0, 10], 5) == 0.5
     assert schedule_value([0, 100, 200, 10], 5) == 150 and isinstance(schedule_value([0, 100, 200, 10], 5), int)
+
+
+def test_v_prediction_models_are_converted_to_eps(tiny_sd_pipe, oracle_cls):
+    g = _guidance(tiny_sd_pipe, weighting="uniform")
+    target = torch.randn(2, 4, S, S)
+    oracle = oracle_cls(target, g.alphas_cumprod)
+
+    class VOracle(torch.nn.Module):  # v = sqrt(abar) eps - sqrt(1 - abar) x0 for the same exact prior
+        dtype = torch.float32
+
+        def forward(self, x_t, t, encoder_hidden_states=None, **_):
+            a = g.alphas_cumprod[t].view(-1, 1, 1, 1)
+            x0 = target.repeat(2, 1, 1, 1)
+            return type("Out", (), {"sample": a.sqrt() * oracle.expected_eps(x_t, t) - (1 - a).sqrt() * x0})()
+
+    images, t, noise = torch.rand(2, S, S, 4), torch.tensor([100, 800]), torch.randn(2, 4, S, S)
+    g.unet = oracle
+    eps_grad = g(images, timesteps=t, noise=noise).grad
+    g.unet, g.prediction_type = VOracle(), "v_prediction"
+    torch.testing.assert_close(g(images, timesteps=t, noise=noise).grad, eps_grad, rtol=1e-4, atol=1e-5)
