@@ -132,7 +132,7 @@ def intrinsics_from_fov(
     return k
 
 
-@dataclass
+@dataclass(eq=False)
 class Camera:
     """A batch of B pinhole cameras sharing one image size.
 

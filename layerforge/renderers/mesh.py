@@ -196,7 +196,14 @@ def _depth_keys(
 def _visibility_torch(
     sf: _ScreenFaces, batch: int, height: int, width: int, far: float, max_candidates: int
 ) -> Tensor:
-    """Reference z-buffer: enumerate (face, pixel) candidates per bounding box, in chunks."""
+    """Reference z-buffer on any device.
+
+    Faces are binned by their (conservative, clipped) pixel bounding boxes: every face
+    expands to the pixel centres of its box, so work follows the covered area and not
+    F x H x W. Faces are processed in chunks holding at most ``max_candidates`` (face, pixel)
+    candidates (a single face larger than that is its own chunk, bounded by H x W), which
+    bounds memory; each chunk scatter-mins its packed keys into one int64 z-buffer.
+    """
     device = sf.xy.device
     zbuf = torch.full((batch * height * width,), _EMPTY_KEY, dtype=torch.int64, device=device)
     nx = sf.bbox[:, 1] - sf.bbox[:, 0] + 1
