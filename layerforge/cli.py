@@ -48,7 +48,7 @@ def _resolve_input(raw: object) -> Path | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from layerforge.pipelines import registry
-    from layerforge.pipelines.engine import Engine, format_plan
+    from layerforge.pipelines.engine import Engine, format_plan, resolve_device
     from layerforge.pipelines.rundir import RunDir
 
     overrides = list(args.overrides)
@@ -57,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = registry.load_config(args.pipeline, overrides)
     pipeline = registry.build(cfg)
     input_path = _resolve_input(cfg.get("input"))
+    resolve_device(str(cfg.device))  # a bad device= fails before any folder is made
     run_name = str(cfg.run) if cfg.get("run") else time.strftime("%Y%m%d-%H%M%S")
     root = Path(str(cfg.out)) / pipeline.name / run_name
     if args.dry_run:
