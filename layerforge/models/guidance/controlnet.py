@@ -40,7 +40,9 @@ class ControlNetSDSGuidance(SDSGuidance):
                                     key="guidance.controlnet_name_or_path", options=self.config.load_options())
         self.controlnet = controlnet.to(self.device, self.dtype).eval().requires_grad_(False)
 
-    def __call__(self, images: torch.Tensor, *, control_image: torch.Tensor, **kwargs: Any) -> SDSOutput:  # type: ignore[override]
+    def __call__(  # type: ignore[override]
+        self, images: torch.Tensor, *, control_image: torch.Tensor, **kwargs: Any
+    ) -> SDSOutput:
         """As :meth:`SDSGuidance.__call__`; ``control_image`` [B, H, W, 3] in [0, 1]."""
         if control_image.ndim != 4 or control_image.shape[-1] != 3:
             raise ValueError(f"control_image must be [B, H, W, 3], got {tuple(control_image.shape)}")

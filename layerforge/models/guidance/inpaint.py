@@ -66,7 +66,7 @@ class Inpainter:
 
     def __init__(self, config: InpaintConfig | Mapping[str, Any] | None = None, pipe: Any | None = None,
                  key: str = "inpaint.pretrained_model_name_or_path") -> None:
-        self.config = config if isinstance(config, InpaintConfig) else config_from_mapping(InpaintConfig, config, "inpaint")
+        self.config = config_from_mapping(InpaintConfig, config, "inpaint")
         if pipe is None and self.config.pretrained_model_name_or_path:
             pipe = load_pipeline(self.config.pretrained_model_name_or_path, key=key, options=self.config.load_options(),
                                  pipeline_class="AutoPipelineForInpainting")

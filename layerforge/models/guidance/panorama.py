@@ -108,7 +108,7 @@ class PanoramaGenerator:
 
     def __init__(self, config: PanoramaConfig | Mapping[str, Any] | None, pipe: Any | None = None,
                  key: str = "panorama.pretrained_model_name_or_path") -> None:
-        self.config = config if isinstance(config, PanoramaConfig) else config_from_mapping(PanoramaConfig, config, "panorama")
+        self.config = config_from_mapping(PanoramaConfig, config, "panorama")
         if pipe is None:
             pipe = load_pipeline(self.config.pretrained_model_name_or_path, key=key, options=self.config.load_options(),
                                  pipeline_class="AutoPipelineForText2Image")

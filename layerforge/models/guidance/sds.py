@@ -213,7 +213,9 @@ class SDSGuidance:
         """
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.config.latent_size * factor
-        x = F.interpolate(rgb, (size, size), mode="bilinear", align_corners=False) if rgb.shape[-1] != size or rgb.shape[-2] != size else rgb
+        x = rgb
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         x = (x * 2.0 - 1.0).to(self.vae.dtype)
         posterior = self.vae.encode(x).latent_dist
         return (posterior.sample() * self.vae.config.scaling_factor).float()
