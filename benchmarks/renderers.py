@@ -117,6 +117,10 @@ def mesh_rows(opts: argparse.Namespace) -> Iterator[Row]:
 # Producers of table rows; other renderers append theirs here.
 ROW_PRODUCERS: list[Callable[[argparse.Namespace], Iterator[Row]]] = [mesh_rows]
 
+from benchmarks.renderers_gaussians import gaussian_rows  # noqa: E402
+
+ROW_PRODUCERS.append(gaussian_rows)
+
 
 def device_name() -> str:
     cpu = "cpu"

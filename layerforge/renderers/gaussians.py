@@ -17,8 +17,9 @@
   original 3DGS rasterizer; we follow gsplat (``ALPHA_MAX``).
 - SH colour: ``max(eval_sh(dirs) + 0.5, 0)`` with ``dirs = mean - camera centre``.
 
-The torch backend chunks over pixels and Gaussians (``chunk_elems`` pixel x Gaussian pairs at
-a time) so memory stays bounded; it is differentiable by autograd in float32 or float64.
+The torch backend works one strip of 16-pixel tile rows at a time with only the splats that
+touch it, at most ``chunk_elems`` pixel x Gaussian pairs at once, so memory stays bounded;
+it is differentiable by autograd in float32 or float64.
 """
 
 from __future__ import annotations
@@ -212,45 +213,51 @@ def _rasterize_torch(
             tmax = torch.stack(
                 [torch.ceil(t[:, 0] + r).clamp(0, tiles_w), torch.ceil(t[:, 1] + r).clamp(0, tiles_h)], -1
             )
-        G = order.numel()
-        g_chunk = max(1, min(G, 4096))
-        p_chunk = max(1, chunk_elems // g_chunk)
         rgb_parts, t_parts, d_parts = [], [], []
-        for p0 in range(0, n_pix, p_chunk):
-            pc = pix_c[p0 : p0 + p_chunk]
-            pt = pix_tile[p0 : p0 + p_chunk].to(dtype)
-            T = torch.ones(pc.shape[0], device=dev, dtype=dtype)
-            acc = torch.zeros(pc.shape[0], D, device=dev, dtype=dtype)
-            accd = torch.zeros(pc.shape[0], device=dev, dtype=dtype)
-            for g0 in range(0, G, g_chunk):
-                if not bool((T > T_MIN).any()):
-                    break
-                sl = slice(g0, g0 + g_chunk)
-                dx = m2[None, sl, 0] - pc[:, None, 0]
-                dy = m2[None, sl, 1] - pc[:, None, 1]
-                ca, cb, cc = con[sl].unbind(-1)
-                q = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy  # [P, G]
-                # q > 20 is far below ALPHA_MIN; clamping keeps exp() out of slow denormals
-                alpha = torch.clamp_max(op[None, sl] * torch.exp(-q.clamp_max(20.0)), ALPHA_MAX)
-                with torch.no_grad():
-                    in_tile = (
-                        (pt[:, None, 0] >= tmin[None, sl, 0]) & (pt[:, None, 0] < tmax[None, sl, 0])
-                        & (pt[:, None, 1] >= tmin[None, sl, 1]) & (pt[:, None, 1] < tmax[None, sl, 1])
-                    )
-                    keep = in_tile & (q >= 0) & (alpha >= ALPHA_MIN)
-                    a0 = torch.where(keep, alpha, torch.zeros_like(alpha))
-                    t_after = T[:, None] * torch.cumprod(1.0 - a0, dim=-1)
-                    keep = keep & (t_after > T_MIN)  # stop before the splat that ends the pixel
-                alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-                trans = torch.cumprod(1.0 - alpha, dim=-1)
-                t_before = T[:, None] * torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], dim=-1)
-                wts = alpha * t_before  # [P, G]
-                acc = acc + wts @ col[sl]
-                accd = accd + wts @ zz[sl]
-                T = T * trans[:, -1]
-            rgb_parts.append(acc)
-            t_parts.append(T)
-            d_parts.append(accd)
+        for ty in range(tiles_h):  # one strip of tile rows at a time: only its splats
+            sel = torch.nonzero((tmin[:, 1] <= ty) & (tmax[:, 1] > ty), as_tuple=False).squeeze(-1)
+            s_m2, s_con, s_z, s_op, s_col = m2[sel], con[sel], zz[sel], op[sel], col[sel]
+            s_tmin, s_tmax = tmin[sel], tmax[sel]
+            G = sel.numel()
+            g_chunk = max(1, min(G, 4096))
+            p_chunk = max(1, chunk_elems // g_chunk)
+            strip_end = min(height, (ty + 1) * TILE_SIZE) * width
+            for p0 in range(ty * TILE_SIZE * width, strip_end, p_chunk):
+                p1 = min(p0 + p_chunk, strip_end)
+                pc = pix_c[p0:p1]
+                pt = pix_tile[p0:p1].to(dtype)
+                T = torch.ones(pc.shape[0], device=dev, dtype=dtype)
+                acc = torch.zeros(pc.shape[0], D, device=dev, dtype=dtype)
+                accd = torch.zeros(pc.shape[0], device=dev, dtype=dtype)
+                for g0 in range(0, G, g_chunk):
+                    if not bool((T > T_MIN).any()):
+                        break
+                    sl = slice(g0, g0 + g_chunk)
+                    dx = s_m2[None, sl, 0] - pc[:, None, 0]
+                    dy = s_m2[None, sl, 1] - pc[:, None, 1]
+                    ca, cb, cc = s_con[sl].unbind(-1)
+                    q = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy  # [P, G]
+                    # q > 20 is far below ALPHA_MIN; clamping keeps exp() out of slow denormals
+                    alpha = torch.clamp_max(s_op[None, sl] * torch.exp(-q.clamp_max(20.0)), ALPHA_MAX)
+                    with torch.no_grad():
+                        in_tile = (
+                            (pt[:, None, 0] >= s_tmin[None, sl, 0]) & (pt[:, None, 0] < s_tmax[None, sl, 0])
+                            & (pt[:, None, 1] >= s_tmin[None, sl, 1]) & (pt[:, None, 1] < s_tmax[None, sl, 1])
+                        )
+                        keep = in_tile & (q >= 0) & (alpha >= ALPHA_MIN)
+                        a0 = torch.where(keep, alpha, torch.zeros_like(alpha))
+                        t_after = T[:, None] * torch.cumprod(1.0 - a0, dim=-1)
+                        keep = keep & (t_after > T_MIN)  # stop before the splat that ends the pixel
+                    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+                    trans = torch.cumprod(1.0 - alpha, dim=-1)
+                    t_before = T[:, None] * torch.cat([torch.ones_like(trans[:, :1]), trans[:, :-1]], dim=-1)
+                    wts = alpha * t_before  # [P, G]
+                    acc = acc + wts @ s_col[sl]
+                    accd = accd + wts @ s_z[sl]
+                    T = T * trans[:, -1]
+                rgb_parts.append(acc)
+                t_parts.append(T)
+                d_parts.append(accd)
         rgb = torch.cat(rgb_parts).reshape(height, width, D)
         T_all = torch.cat(t_parts).reshape(height, width, 1)
         dep = torch.cat(d_parts).reshape(height, width, 1)
