@@ -26,3 +26,4 @@ from layerforge.renderers.mesh import (  # noqa: F401
     sample_texture,
     shade_lambert,
 )
+from layerforge.renderers.gaussians import render_gaussians  # noqa: F401
