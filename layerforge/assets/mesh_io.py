@@ -130,7 +130,9 @@ def _read_obj(path: Path, up_axis: str | None) -> LayeredAsset:
             mtllibs += tok[1:]
     try:
         positions = _floats(v, 3, path, "v")
-        colors = _floats(v, 6, path, "v")[:, 3:6] if v and all(len(r) >= 6 for r in v) else None
+        colors = None
+        if any(len(r) >= 6 for r in v):  # "v x y z r g b"; NaN where a vertex has no colour
+            colors = np.array([r[3:6] if len(r) >= 6 else ["nan"] * 3 for r in v], dtype=np.float64).astype(np.float32)
         texcoords = _floats(vt, 2, path, "vt")
         normals = _floats(vn, 3, path, "vn")
     except ValueError as exc:
@@ -182,13 +184,14 @@ def _obj_group(path: Path, faces: list[list[str]], positions: np.ndarray, colors
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     tri = [np.stack([np.full(s - 2, b), b + np.arange(1, s - 1), b + np.arange(2, s)], 1) for b, s in zip(starts, sizes)]
     tris = inverse[np.concatenate(tri)]
+    vcol = colors[uniq[:, 0]] if colors is not None else None
     has_uv, has_n = bool((uniq[:, 1] >= 0).all()), bool((uniq[:, 2] >= 0).all())
     return Mesh(
         vertices=positions[uniq[:, 0]],
         faces=tris,
         normals=normals[uniq[:, 2]] if has_n and len(normals) else None,
         uvs=texcoords[uniq[:, 1]] if has_uv and len(texcoords) else None,
-        colors=colors[uniq[:, 0]] if colors is not None else None,
+        colors=vcol if vcol is not None and not np.isnan(vcol).any() else None,
         material=material,
     )
 
