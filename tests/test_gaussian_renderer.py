@@ -45,7 +45,8 @@ def test_single_isotropic_splat_matches_projected_2d_gaussian():
     out = render_gaussians(means, quats, scales, torch.tensor([o], dtype=torch.float64),
                            torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64), cam)
     alpha = out["alpha"][0, ..., 0]
-    var = (40.0 * s / z) ** 2 + EPS2D  # projected variance in px² plus the low-pass dilation
+    assert EPS2D == 0.3  # gsplat's default dilation
+    var = (40.0 * s / z) ** 2 + 0.3  # projected variance in px² plus the low-pass dilation
     v, u = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     r2 = (u - 16.0) ** 2 + (v - 16.0) ** 2
     expected = o * torch.exp(-0.5 * r2.double() / var)
@@ -88,6 +89,7 @@ def test_front_splat_wins_with_alpha_clamp_and_early_stop():
     out = render_gaussians(means, quats, scales, torch.ones(3, dtype=torch.float64), colors, cam,
                            background=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
     # nearest splat (green, index 1) takes 0.999; the next would bring T to 1e-6 <= 1e-4: stop
+    assert ALPHA_MAX == 0.999  # gsplat 1.4/1.5 clamp (3DGS's original rasterizer used 0.99)
     c = out["rgb"][0, 8, 8]
     torch.testing.assert_close(c, torch.tensor([0.0, ALPHA_MAX, 1 - ALPHA_MAX], dtype=torch.float64))
     assert out["alpha"][0, 8, 8, 0].item() == pytest.approx(ALPHA_MAX, abs=1e-12)
