@@ -57,7 +57,9 @@ def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Pat
         coll.objects.link(obj)
         if part.skin is not None:
             _armature(coll, obj, part)
+    bpy.context.preferences.filepaths.save_version = 0  # no .blend1 backups next to deliverables
     with atomic_path(path) as tmp:
+        tmp.unlink()  # Blender would otherwise back up the empty placeholder
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp), check_existing=False, compress=True)
     return path
 
