@@ -156,3 +156,25 @@ def test_bad_glb_inputs_raise_one_line_input_errors(tmp_path, chair_asset):
     with pytest.raises(InputError, match="KHR_draco_mesh_compression") as err:
         read_gltf(tmp_path / "draco.glb")
     assert "\n" not in str(err.value)
+
+
+def test_gltf_with_external_files_and_a_missing_texture(tmp_path, chair_asset):
+    glb = write_glb(tmp_path / "chair.glb", chair_asset)
+    data = glb.read_bytes()
+    doc = _json(glb)
+    json_len = struct.unpack_from("<I", data, 12)[0]
+    (tmp_path / "chair.bin").write_bytes(data[20 + json_len + 8 :])
+    doc["buffers"][0]["uri"] = "chair.bin"
+    view = doc["bufferViews"][doc["images"][0].pop("bufferView")]
+    png = (tmp_path / "chair.bin").read_bytes()[view["byteOffset"] : view["byteOffset"] + view["byteLength"]]
+    doc["images"][0]["uri"] = "wood%20base.png"  # URIs are percent-encoded
+    (tmp_path / "chair.gltf").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="missing texture file .*wood base.png"):
+        read_gltf(tmp_path / "chair.gltf")
+    (tmp_path / "wood base.png").write_bytes(png)
+    back = read_gltf(tmp_path / "chair.gltf")
+    np.testing.assert_allclose(back.part("post").geometry.material.base_color_texture, checker(), atol=0.01)
+    doc["nodes"][1]["mesh"] = 99
+    (tmp_path / "broken.gltf").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="malformed glTF"):
+        read_gltf(tmp_path / "broken.gltf")

@@ -155,3 +155,10 @@ def _covariances(cloud: GaussianCloud) -> np.ndarray:
     ], -2)
     s2 = np.exp(2 * cloud.log_scales.astype(np.float64))
     return np.einsum("nij,nj,nkj->nik", r, s2, r)
+
+
+def test_truncated_ply_is_an_input_error(tmp_path):
+    path = write_splat_ply(tmp_path / "s.ply", random_cloud(20, 1))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match="s.ply: not a readable PLY"):
+        read_splat_ply(path)

@@ -106,3 +106,37 @@ def test_bad_usd_inputs(tmp_path):
     (tmp_path / "empty.usda").write_text("#usda 1.0\n")
     with pytest.raises(InputError, match="no meshes"):
         read_usd(tmp_path / "empty.usda")
+
+
+def test_skinned_part_is_a_valid_usdskel_rig_and_gaussians_are_points(tmp_path):
+    from assets_fixtures import random_cloud, skinned_part
+    from pxr import Usd, UsdGeom, UsdSkel
+
+    from layerforge.assets.types import Part
+
+    part = skinned_part()
+    asset = LayeredAsset("rig", [part, Part("splat", random_cloud(17, 1))])
+    path = write_usd(tmp_path / "rig.usda", asset)["usd"]
+    assert _validation_errors(path) == []
+    stage = Usd.Stage.Open(str(path))
+    assert stage.GetPrimAtPath("/rig/arm").IsA(UsdSkel.Root)
+    skel = UsdSkel.Skeleton(stage.GetPrimAtPath("/rig/arm/Skeleton"))
+    assert list(skel.GetJointsAttr().Get()) == ["root", "root/tip"]
+    points = UsdGeom.Points(stage.GetPrimAtPath("/rig/splat/splat"))
+    assert len(points.GetPointsAttr().Get()) == 17
+    back = read_usd(path).part("arm")
+    assert back.skin.joint_names == ["root", "tip"] and back.skin.parents.tolist() == [-1, 0]
+    np.testing.assert_allclose(back.skin.inverse_bind_matrices, part.skin.inverse_bind_matrices, atol=1e-6)
+    np.testing.assert_allclose(back.skin.weights, part.skin.weights, atol=1e-6)
+    np.testing.assert_allclose(back.transform, part.transform, atol=1e-6)
+    objs = bpy_import(path)
+    assert set(objs["arm"]["vertex_groups"]) == {"root", "tip"}
+    assert any(o["type"] == "ARMATURE" and set(o["bones"]) == {"root", "tip"} for o in objs.values())
+    np.testing.assert_allclose(objs["arm"]["bbox_max"] - objs["arm"]["bbox_min"], TALL, atol=1e-5)
+
+
+def test_unparsable_usd_is_an_input_error(tmp_path):
+    (tmp_path / "junk.usda").write_text("#usda 1.0\ndef Mesh {{{\n")
+    with pytest.raises(InputError, match="junk.usda: cannot open USD stage") as err:
+        read_usd(tmp_path / "junk.usda")
+    assert "\n" not in str(err.value)

@@ -213,7 +213,8 @@ def read_gltf(path: str | os.PathLike[str], validate: bool = True) -> LayeredAss
     doc, bin_chunk = _load_document(path)
     required = set(doc.get("extensionsRequired", []))
     if required:
-        raise InputError(f"{path}: needs glTF extensions {sorted(required)}", "re-export without compression (e.g. gltf-transform copy)")
+        raise InputError(f"{path}: needs glTF extensions {sorted(required)}",
+                         "re-export without compression (e.g. gltf-transform copy)")
     buffers = [_buffer(path, doc, i, buf, bin_chunk) for i, buf in enumerate(doc.get("buffers", []))]
     reader = _Reader(path, doc, buffers)
     scene = doc.get("scenes", [{}])[doc.get("scene", 0)] if doc.get("scenes") else {"nodes": _root_nodes(doc)}
@@ -248,8 +249,11 @@ def read_gltf(path: str | os.PathLike[str], validate: bool = True) -> LayeredAss
         name = doc["nodes"][roots[0]].get("name") or path.stem  # our files: the root node is the asset
     else:
         name = scene.get("name") or path.stem
-    for r in roots:
-        visit(r, np.eye(4))
+    try:
+        for r in roots:
+            visit(r, np.eye(4))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # a reference the file does not hold
+        raise InputError(f"{path}: malformed glTF ({type(exc).__name__}: {exc})", "re-export it (glTF validator helps)") from None
     meta = {}
     if len(roots) == 1 and isinstance(doc["nodes"][roots[0]].get("extras"), dict):
         meta = dict(doc["nodes"][roots[0]]["extras"].get("metadata", {}))
@@ -334,12 +338,15 @@ class _Reader:
             return np.zeros((count, n), np.float32)
         view = self.doc["bufferViews"][acc["bufferView"]]
         buf = self.buffers[view["buffer"]]
-        start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
-        stride = view.get("byteStride") or n * dtype.itemsize
-        raw = np.frombuffer(buf, np.uint8, count=(count - 1) * stride + n * dtype.itemsize, offset=start) if count else np.zeros(0, np.uint8)
         if count == 0:
             return np.zeros((0, n), dtype)
-        rows = np.lib.stride_tricks.as_strided(raw, shape=(count, n * dtype.itemsize), strides=(stride, 1))
+        start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+        row = n * dtype.itemsize
+        stride = view.get("byteStride") or row
+        if start + (count - 1) * stride + row > len(buf):
+            raise InputError(f"{self.path}: accessor {idx} runs past its buffer", "re-export the file")
+        raw = np.frombuffer(buf, np.uint8, count=(count - 1) * stride + row, offset=start)
+        rows = np.lib.stride_tricks.as_strided(raw, shape=(count, row), strides=(stride, 1))
         out = np.ascontiguousarray(rows).view(dtype).reshape(count, n)
         if acc.get("normalized"):
             out = out.astype(np.float32) / np.float32(np.iinfo(dtype).max)
@@ -351,7 +358,9 @@ class _Reader:
             raise InputError(f"{self.path}: a primitive has no POSITION", "re-export the mesh with positions")
         verts = self.accessor(attrs["POSITION"]).astype(np.float32) @ C_INV[:3, :3].T.astype(np.float32)
         faces = self.accessor(prim["indices"]).reshape(-1, 3) if "indices" in prim else np.arange(len(verts)).reshape(-1, 3)
-        normals = self.accessor(attrs["NORMAL"]).astype(np.float32) @ C_INV[:3, :3].T.astype(np.float32) if "NORMAL" in attrs else None
+        normals = None
+        if "NORMAL" in attrs:
+            normals = self.accessor(attrs["NORMAL"]).astype(np.float32) @ C_INV[:3, :3].T.astype(np.float32)
         uvs = None
         if "TEXCOORD_0" in attrs:
             uvs = self.accessor(attrs["TEXCOORD_0"]).astype(np.float32)

@@ -202,7 +202,10 @@ def _read_mtls(path: Path, libs: list[str]) -> dict[str, Material]:
         mtl = path.parent / lib
         if not mtl.is_file():
             raise InputError(f"{path}: missing material library {mtl}", "copy the .mtl next to the .obj")
-        materials.update(_parse_mtl(mtl))
+        try:
+            materials.update(_parse_mtl(mtl))
+        except ValueError as exc:
+            raise InputError(f"{mtl}: malformed material library ({exc})", "repair the .mtl") from None
     return materials
 
 

@@ -73,14 +73,14 @@ def read_splat_ply(path: str | os.PathLike[str]) -> GaussianCloud:
 
     Returns a :class:`GaussianCloud`; its SH degree follows from the number of ``f_rest_*``.
     """
-    from plyfile import PlyData, PlyHeaderParseError
+    from plyfile import PlyData, PlyParseError
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file", "check the path")
     try:
         ply = PlyData.read(str(path))
-    except (PlyHeaderParseError, ValueError, EOFError, OSError) as exc:
+    except (PlyParseError, ValueError, EOFError, OSError) as exc:
         raise InputError(f"{path}: not a readable PLY ({exc})", "re-export it as a binary PLY") from None
     if "vertex" not in ply:
         raise InputError(f"{path}: PLY has no vertex element", "export the Gaussians as the 'vertex' element")

@@ -5,7 +5,9 @@ Layout written (prim names are :func:`safe_name` of the asset/part names)::
     /<Asset>                 Xform, kind=component, the default prim
       /Looks/<Material>      UsdPreviewSurface (+ UsdUVTexture for base colour / normal map)
       /<Part>                Xform with the part transform, customData layer/metadata
-        /<Part>              Mesh (points, faces, normals, primvars:st, displayColor) or
+        /<Part>              Mesh (points, faces, normals, primvars:st, displayColor;
+                             a skinned part is a SkelRoot with a /Skeleton and UsdSkel
+                             joint indices/weights on the mesh) or
                              Points for a Gaussian part (centres, widths, DC colour)
 
 Textures are PNG files in ``<stem>_textures/`` with relative asset paths. An asset with
@@ -30,6 +32,7 @@ from layerforge.assets.types import (
     Material,
     Mesh,
     Part,
+    Skin,
     safe_name,
     texture_from_image,
     texture_to_png,
@@ -115,9 +118,11 @@ def _plain(obj: Any) -> Any:
 
 
 def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], tex_dir: str) -> None:
-    from pxr import Gf, Sdf, UsdGeom, UsdShade, Vt
+    from pxr import Gf, Sdf, UsdGeom, UsdShade, UsdSkel, Vt
 
-    xf = UsdGeom.Xform.Define(stage, root.AppendChild(safe_name(part.name)))
+    part_path = root.AppendChild(safe_name(part.name))
+    # a skinned part must sit under a SkelRoot (an Xformable like Xform) with its skeleton
+    xf = UsdSkel.Root.Define(stage, part_path) if part.skin is not None else UsdGeom.Xform.Define(stage, part_path)
     # USD matrices act on row vectors: store the transpose of our column-vector matrix
     xf.AddTransformOp().Set(Gf.Matrix4d(part.transform.astype(np.float64).T.tolist()))
     prim = xf.GetPrim()
@@ -155,10 +160,38 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
         um.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(mesh.colors[:, :3])))
         if mesh.colors.shape[1] == 4:
             um.CreateDisplayOpacityPrimvar(UsdGeom.Tokens.vertex).Set(Vt.FloatArray.FromNumpy(np.ascontiguousarray(mesh.colors[:, 3])))
+    if part.skin is not None:
+        _define_skin(stage, part_path, um.GetPrim(), part.skin)
     if mesh.material is not None:
         if id(mesh.material) not in materials:
             materials[id(mesh.material)] = _define_material(stage, root, mesh.material, tex_dir)
         UsdShade.MaterialBindingAPI.Apply(um.GetPrim()).Bind(materials[id(mesh.material)])
+
+
+def _joint_paths(skin: Skin) -> list[str]:
+    """UsdSkel joint tokens: each joint's path from its root ("root", "root/tip", ...)."""
+    paths: list[str] = []
+    for j, name in enumerate(skin.joint_names):
+        p = int(skin.parents[j])
+        paths.append(safe_name(name) if p < 0 else f"{paths[p]}/{safe_name(name)}")
+    return paths
+
+
+def _define_skin(stage: Any, part_path: Any, mesh_prim: Any, skin: Skin) -> None:
+    from pxr import Gf, UsdSkel, Vt
+
+    skel = UsdSkel.Skeleton.Define(stage, part_path.AppendChild("Skeleton"))
+    skel.CreateJointsAttr(_joint_paths(skin))
+    skel.CreateJointNamesAttr(list(skin.joint_names))
+    binds = skin.bind_matrices()  # mesh-local == skeleton space: both sit under the part prim
+    local = [b if p < 0 else np.linalg.inv(binds[p]) @ b for b, p in zip(binds, skin.parents)]
+    skel.CreateBindTransformsAttr(Vt.Matrix4dArray([Gf.Matrix4d(m.T.tolist()) for m in binds]))
+    skel.CreateRestTransformsAttr(Vt.Matrix4dArray([Gf.Matrix4d(m.T.tolist()) for m in local]))
+    binding = UsdSkel.BindingAPI.Apply(mesh_prim)
+    binding.CreateSkeletonRel().SetTargets([skel.GetPath()])
+    binding.CreateJointIndicesPrimvar(False, 4).Set(Vt.IntArray.FromNumpy(skin.joints.reshape(-1).astype(np.int32)))
+    binding.CreateJointWeightsPrimvar(False, 4).Set(Vt.FloatArray.FromNumpy(skin.weights.reshape(-1)))
+    binding.CreateGeomBindTransformAttr(Gf.Matrix4d(1.0))
 
 
 def _define_material(stage: Any, root: Any, mat: Material, tex_dir: str) -> Any:
@@ -221,7 +254,10 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True) -> LayeredAsse
     from pxr import Usd, UsdGeom, UsdShade
 
     path = check_file(path, (".usd", ".usda", ".usdc", ".usdz"))
-    stage = Usd.Stage.Open(str(path))
+    try:
+        stage = Usd.Stage.Open(str(path))
+    except Exception as exc:  # pxr raises Tf.ErrorException for unparsable layers
+        raise InputError(f"{path}: cannot open USD stage ({str(exc).splitlines()[-1].strip()})", "re-export it") from None
     if stage is None:
         raise InputError(f"{path}: cannot open USD stage", "re-export it")
     scale = UsdGeom.GetStageMetersPerUnit(stage)
@@ -236,7 +272,7 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True) -> LayeredAsse
         if not prim.IsA(UsdGeom.Mesh):
             continue
         parent = prim.GetParent()
-        xform_prim = parent if parent and parent.GetName() == prim.GetName() and parent.IsA(UsdGeom.Xform) else prim
+        xform_prim = parent if parent and parent.GetName() == prim.GetName() and parent.IsA(UsdGeom.Xformable) else prim
         name = str(xform_prim.GetCustomDataByKey("layerforge:name") or xform_prim.GetName())
         while name in names:
             name += "_"
@@ -249,13 +285,37 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True) -> LayeredAsse
             if key not in mats:
                 mats[key] = _read_material(path, bound)
             mesh.material = mats[key]
+        skin = _read_skin(prim)
         layer = xform_prim.GetCustomDataByKey("layerforge:layer")
         meta = xform_prim.GetCustomDataByKey("layerforge:metadata") or {}
-        parts.append(Part(name, mesh, fix @ world, layer, metadata=dict(meta)))
+        parts.append(Part(name, mesh, fix @ world, layer, skin, dict(meta)))
     root = stage.GetDefaultPrim()
     asset = LayeredAsset(root.GetName() if root else path.stem, parts,
                          dict(root.GetCustomDataByKey("layerforge:metadata") or {}) if root else {})
     return validate_asset(asset, path) if validate else asset
+
+
+def _read_skin(prim: Any) -> Skin | None:
+    from pxr import UsdSkel
+
+    if not prim.HasAPI(UsdSkel.BindingAPI):
+        return None
+    binding = UsdSkel.BindingAPI(prim)
+    targets = binding.GetSkeletonRel().GetTargets()
+    skel = UsdSkel.Skeleton(prim.GetStage().GetPrimAtPath(targets[0])) if targets else None
+    if not skel or not binding.GetJointIndicesPrimvar():
+        return None
+    tokens = [str(t) for t in skel.GetJointsAttr().Get()]
+    index = {t: j for j, t in enumerate(tokens)}
+    parents = [index.get(t.rsplit("/", 1)[0], -1) if "/" in t else -1 for t in tokens]
+    names = list(skel.GetJointNamesAttr().Get() or [t.rsplit("/", 1)[-1] for t in tokens])
+    binds = np.array([np.asarray(m, np.float64).T for m in skel.GetBindTransformsAttr().Get()])
+    size = binding.GetJointIndicesPrimvar().GetElementSize()
+    if size != 4:
+        return None  # only 4 influences per vertex are modelled
+    return Skin(names, parents, np.linalg.inv(binds),
+                np.asarray(binding.GetJointIndicesPrimvar().Get(), np.int64).reshape(-1, 4),
+                np.asarray(binding.GetJointWeightsPrimvar().Get(), np.float32).reshape(-1, 4))
 
 
 def _read_mesh_prim(path: Path, um: Any) -> Mesh:
