@@ -103,8 +103,9 @@ def skinned_part() -> Part:
 def bpy_import(path: Path) -> dict[str, dict]:
     """Import ``path`` into an empty Blender session with the importer's defaults.
 
-    Returns {object name: {type, verts, bbox_min, bbox_max (world, metres), materials,
-    images (names of images reachable from its materials), vertex_groups}}.
+    Returns {object name: {type, verts, bbox_min, bbox_max (world, metres), corner_uvs,
+    materials, images (names of loaded images reachable from its materials),
+    vertex_groups, bones}}.
     """
     import bpy
 
@@ -130,6 +131,12 @@ def bpy_import(path: Path) -> dict[str, dict]:
             m = np.array(o.matrix_world)
             world = co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
             info["bbox_min"], info["bbox_max"] = world.min(0), world.max(0)
+            if o.data.uv_layers.active is not None:  # [loops, 5]: world position and UV of each corner
+                loop_v = np.empty(len(o.data.loops), np.int32)
+                o.data.loops.foreach_get("vertex_index", loop_v)
+                uv = np.empty(len(o.data.loops) * 2, np.float32)
+                o.data.uv_layers.active.data.foreach_get("uv", uv)
+                info["corner_uvs"] = np.hstack([world[loop_v], uv.reshape(-1, 2)])
             for mat in o.data.materials:
                 if mat is None:
                     continue
@@ -139,3 +146,12 @@ def bpy_import(path: Path) -> dict[str, dict]:
                                        and n.image.size[0] > 0]
         out[o.name] = info
     return out
+
+
+def assert_corner_uvs_match(info: dict, part) -> None:
+    """Every (world position, UV) corner Blender shows exists in ``part`` (so V is not flipped)."""
+    world = part.geometry.transformed(part.transform).vertices
+    ours = np.hstack([world, part.geometry.uvs])
+    got = info["corner_uvs"]
+    dist = np.abs(got[:, None, :] - ours[None, :, :]).max(-1).min(1)
+    assert dist.max() < 1e-5, f"corner UVs differ by up to {dist.max():.3g}"

@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from assets_fixtures import TALL, box, bpy_import, chair_asset, checker, random_cloud, skinned_part  # noqa: F401
+from assets_fixtures import TALL, assert_corner_uvs_match, box, bpy_import, chair_asset, checker, random_cloud, skinned_part  # noqa: F401
 
 from layerforge.assets.gltf import read_gltf, write_glb
 from layerforge.assets.types import LayeredAsset, Part
@@ -98,6 +98,7 @@ def test_blender_imports_upright_at_true_scale_with_materials(tmp_path, chair_as
     meshes = {k: v for k, v in objs.items() if v["type"] == "MESH"}
     assert set(meshes) == {"post", "seat", "cushion"}
     post = meshes["post"]
+    assert_corner_uvs_match(post, chair_asset.part("post"))
     assert post["verts"] == 24
     size = post["bbox_max"] - post["bbox_min"]
     np.testing.assert_allclose(size, TALL, atol=1e-5)  # tall along Blender's Z, metres

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from assets_fixtures import TALL, bpy_import, chair_asset, checker  # noqa: F401
+from assets_fixtures import TALL, assert_corner_uvs_match, bpy_import, chair_asset, checker  # noqa: F401
 
 from layerforge.assets.mesh_io import read_asset, read_mesh
 from layerforge.assets.obj import write_obj
@@ -61,6 +61,7 @@ def test_blender_imports_one_object_per_part_upright(tmp_path, chair_asset):
     objs = bpy_import(tmp_path / "chair.obj")
     assert set(objs) == {"post", "seat", "cushion"}
     post = objs["post"]
+    assert_corner_uvs_match(post, chair_asset.part("post"))
     assert post["verts"] == 24
     np.testing.assert_allclose(post["bbox_max"] - post["bbox_min"], TALL, atol=1e-5)
     np.testing.assert_allclose((post["bbox_max"] + post["bbox_min"]) / 2, [1.0, 2.0, 1.0], atol=1e-5)

@@ -96,4 +96,8 @@ def test_png_encoding_is_srgb_and_top_row_first():
 def test_material_validates_textures():
     with pytest.raises(InputError, match="base_color_texture"):
         Material("m", base_color_texture=np.zeros((4, 4, 2)))
+    with pytest.raises(InputError, match="8-bit"):
+        Material("m", base_color_texture=np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(InputError, match=r"outside \[0, 1\]"):
+        Material("m", normal_texture=np.full((4, 4, 3), 2.0))
     assert Material("m", base_color=[1, 0, 0]).base_color.tolist() == [1, 0, 0, 1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from assets_fixtures import TALL, bpy_import, chair_asset, checker  # noqa: F401
+from assets_fixtures import TALL, assert_corner_uvs_match, bpy_import, chair_asset, checker  # noqa: F401
 
 from layerforge.assets.types import LayeredAsset
 from layerforge.assets.usd import read_usd, write_usd
@@ -94,6 +94,7 @@ def test_blender_imports_parts_upright_with_textures(tmp_path, chair_asset):
         meshes = {k: v for k, v in objs.items() if v["type"] == "MESH"}
         assert set(meshes) == {"post", "seat", "cushion"}, key
         post = meshes["post"]
+        assert_corner_uvs_match(post, chair_asset.part("post"))
         assert post["verts"] == 24
         np.testing.assert_allclose(post["bbox_max"] - post["bbox_min"], TALL, atol=1e-5)
         np.testing.assert_allclose((post["bbox_max"] + post["bbox_min"]) / 2, [1.0, 2.0, 1.0], atol=1e-5)
@@ -140,3 +141,10 @@ def test_unparsable_usd_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="junk.usda: cannot open USD stage") as err:
         read_usd(tmp_path / "junk.usda")
     assert "\n" not in str(err.value)
+
+
+def test_missing_usd_texture_is_an_input_error(tmp_path, chair_asset):
+    files = write_usd(tmp_path / "chair.usda", chair_asset)
+    files["wood_basecolor.png"].unlink()
+    with pytest.raises(InputError, match="missing texture file.*wood_basecolor.png"):
+        read_usd(files["usd_flat"])

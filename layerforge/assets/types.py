@@ -80,11 +80,13 @@ class Material:
 
 def _texture(name: str, img: Any, channels: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(img)
-    if arr.dtype == np.uint8:  # accept 8-bit images for convenience: treat as already linear codes
-        arr = arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint8:  # 8-bit codes are usually sRGB: converting is the caller's call
+        raise InputError(f"{name} is 8-bit", "pass float32 linear values in [0, 1] (texture_from_image decodes files)")
     arr = _f32(name, arr, (None, None, None))
     if arr.shape[2] not in channels or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{name} has shape {list(arr.shape)}", f"pass an [H, W, {'|'.join(map(str, channels))}] image")
+    if not np.isfinite(arr).all() or arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
+        raise InputError(f"{name} has values outside [0, 1]", "pass linear values in [0, 1]")
     return arr
 
 
