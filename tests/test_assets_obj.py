@@ -78,3 +78,15 @@ def test_missing_texture_or_mtl_is_a_one_line_input_error(tmp_path, chair_asset)
     files["mtl"].unlink()
     with pytest.raises(InputError, match="missing material library"):
         read_mesh(tmp_path / "chair.obj")
+
+
+def test_part_names_stay_distinct_objects(tmp_path):
+    from assets_fixtures import box
+
+    from layerforge.assets.types import LayeredAsset, Part
+
+    asset = LayeredAsset("a", [Part("left leg", box(seed=1)), Part("left-leg", box((1, 1, 2), seed=2))])
+    write_obj(tmp_path / "a.obj", asset)
+    back = read_asset(tmp_path / "a.obj")
+    assert [p.name for p in back.parts] == ["left_leg", "left_leg_"]
+    assert [len(p.geometry.vertices) for p in back.parts] == [24, 24]

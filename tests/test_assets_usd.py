@@ -148,3 +148,19 @@ def test_missing_usd_texture_is_an_input_error(tmp_path, chair_asset):
     files["wood_basecolor.png"].unlink()
     with pytest.raises(InputError, match="missing texture file.*wood_basecolor.png"):
         read_usd(files["usd_flat"])
+
+
+def test_names_that_clash_once_made_prim_safe_stay_separate(tmp_path):
+    from assets_fixtures import box
+
+    from layerforge.assets.types import Material, Part
+
+    red, blue = Material("my mat", [1, 0, 0, 1]), Material("my-mat", [0, 0, 1, 1])
+    a, b = box(seed=1), box(seed=2)
+    a.material, b.material = red, blue
+    asset = LayeredAsset("clash", [Part("part 1", a), Part("part-1", b),
+                                   Part("Looks", box(seed=3))])
+    back = read_usd(write_usd(tmp_path / "clash.usda", asset)["usd"])
+    assert [p.name for p in back.parts] == ["part 1", "part-1", "Looks"]
+    np.testing.assert_allclose(back.part("part 1").geometry.material.base_color, [1, 0, 0, 1])
+    np.testing.assert_allclose(back.part("part-1").geometry.material.base_color, [0, 0, 1, 1])

@@ -46,12 +46,17 @@ def write_obj(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> dict[
     buf = io.StringIO()
     buf.write(f"{UP_MARKER}\n# {asset.name}: metres, written by layerforge\nmtllib {path.stem}.mtl\n")
     base = 0  # OBJ indices are 1-based and global across objects
+    used: set[str] = set()
     for part in asset.parts:
         if not isinstance(part.geometry, Mesh):
             log.warning("OBJ %s: skipping Gaussian part %r (OBJ holds meshes only)", path, part.name)
             continue
         mesh = part.geometry.transformed(part.transform)
-        buf.write(f"o {safe_name(part.name)}\n")
+        name = safe_name(part.name)  # OBJ names end at whitespace; keep them distinct
+        while name in used:
+            name += "_"
+        used.add(name)
+        buf.write(f"o {name}\n")
         verts = mesh.vertices.astype(np.float64) @ _TO_Y_UP.T
         if mesh.colors is not None:
             np.savetxt(buf, np.hstack([verts, mesh.colors[:, :3]]), fmt="v %.7g %.7g %.7g %.5g %.5g %.5g")

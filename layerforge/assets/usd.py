@@ -1,6 +1,6 @@
 """USD writer and reader (usd-core), Z up, metres.
 
-Layout written (prim names are :func:`safe_name` of the asset/part names)::
+Layout written (prim names are :func:`safe_name` of the asset/part names, made unique)::
 
     /<Asset>                 Xform, kind=component, the default prim
       /Looks/<Material>      UsdPreviewSurface (+ UsdUVTexture for base colour / normal map)
@@ -56,35 +56,56 @@ def write_usd(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> dict[
         asset = LayeredAsset(path.stem, [Part(path.stem, asset)])
     out: dict[str, Path] = {}
     tex_dir = f"{path.stem}_textures"
-    textures = _texture_files(asset, tex_dir)
+    names = _Names(asset)
+    textures = _texture_files(asset, tex_dir, names)
     for rel, data in textures.items():
         out[Path(rel).name] = atomic_write_bytes(path.parent / rel, data)
     layers = asset.layers
     if len(layers) <= 1:
-        out["usd"] = _write_stage(path, asset, asset.parts, tex_dir, [])
+        out["usd"] = _write_stage(path, asset, asset.parts, tex_dir, [], names)
         return out
     sub: list[str] = []
+    used: set[str] = set()
     for layer in layers:
-        name = f"{path.stem}_layer_{safe_name(layer)}.usda"
+        name = f"{path.stem}_layer_{_unique(safe_name(layer), used)}.usda"
         parts = [p for p in asset.parts if p.layer == layer]
-        out[f"usd_layer_{layer}"] = _write_stage(path.parent / name, asset, parts, tex_dir, [])
+        out[f"usd_layer_{layer}"] = _write_stage(path.parent / name, asset, parts, tex_dir, [], names)
         sub.append(f"./{name}")
-    out["usd"] = _write_stage(path, asset, [], tex_dir, sub)
-    out["usd_flat"] = _write_stage(path.with_name(f"{path.stem}_flat{path.suffix}"), asset, asset.parts, tex_dir, [])
+    out["usd"] = _write_stage(path, asset, [], tex_dir, sub, names)
+    out["usd_flat"] = _write_stage(path.with_name(f"{path.stem}_flat{path.suffix}"), asset, asset.parts, tex_dir, [], names)
     return out
 
 
-def _texture_files(asset: LayeredAsset, tex_dir: str) -> dict[str, bytes]:
+class _Names:
+    """Unique prim names for parts and materials (distinct names can share a safe_name)."""
+
+    def __init__(self, asset: LayeredAsset) -> None:
+        used = {LOOKS}
+        self.parts = {p.name: _unique(safe_name(p.name), used) for p in asset.parts}
+        used = set()
+        self.materials = {id(m): _unique(safe_name(m.name), used) for m in asset.materials()}
+
+
+def _unique(name: str, used: set[str]) -> str:
+    while name in used:
+        name += "_"
+    used.add(name)
+    return name
+
+
+def _texture_files(asset: LayeredAsset, tex_dir: str, names: _Names) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for mat in asset.materials():
+        name = names.materials[id(mat)]
         if mat.base_color_texture is not None:
-            files[f"{tex_dir}/{safe_name(mat.name)}_basecolor.png"] = texture_to_png(mat.base_color_texture, srgb=True)
+            files[f"{tex_dir}/{name}_basecolor.png"] = texture_to_png(mat.base_color_texture, srgb=True)
         if mat.normal_texture is not None:
-            files[f"{tex_dir}/{safe_name(mat.name)}_normal.png"] = texture_to_png(mat.normal_texture, srgb=False)
+            files[f"{tex_dir}/{name}_normal.png"] = texture_to_png(mat.normal_texture, srgb=False)
     return files
 
 
-def _write_stage(path: Path, asset: LayeredAsset, parts: list[Part], tex_dir: str, sublayers: list[str]) -> Path:
+def _write_stage(path: Path, asset: LayeredAsset, parts: list[Part], tex_dir: str, sublayers: list[str],
+                 names: _Names) -> Path:
     from pxr import Kind, Sdf, Usd, UsdGeom
 
     with atomic_path(path) as tmp:
@@ -100,10 +121,10 @@ def _write_stage(path: Path, asset: LayeredAsset, parts: list[Part], tex_dir: st
             root.SetCustomDataByKey("layerforge:metadata", _plain(asset.metadata))
         layer.subLayerPaths = sublayers
         if sublayers:  # keep the asset's part order across the composed layers
-            root.SetChildrenReorder([safe_name(p.name) for p in asset.parts])
+            root.SetChildrenReorder([names.parts[p.name] for p in asset.parts])
         materials: dict[int, Any] = {}
         for part in parts:
-            _define_part(stage, root_path, part, materials, tex_dir)
+            _define_part(stage, root_path, part, materials, tex_dir, names)
         layer.Save()
     return path
 
@@ -117,10 +138,10 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], tex_dir: str) -> None:
+def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], tex_dir: str, names: _Names) -> None:
     from pxr import Gf, Sdf, UsdGeom, UsdShade, UsdSkel, Vt
 
-    part_path = root.AppendChild(safe_name(part.name))
+    part_path = root.AppendChild(names.parts[part.name])
     # a skinned part must sit under a SkelRoot (an Xformable like Xform) with its skeleton
     xf = UsdSkel.Root.Define(stage, part_path) if part.skin is not None else UsdGeom.Xform.Define(stage, part_path)
     # USD matrices act on row vectors: store the transpose of our column-vector matrix
@@ -132,7 +153,7 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
         prim.SetCustomDataByKey("layerforge:metadata", _plain(part.metadata))
     # the geometry prim shares the part's name: Blender merges an Xform with its only child
     # into one object named after the child
-    geom_path = prim.GetPath().AppendChild(safe_name(part.name))
+    geom_path = prim.GetPath().AppendChild(names.parts[part.name])
     if isinstance(part.geometry, GaussianCloud):
         cloud = part.geometry
         pts = UsdGeom.Points.Define(stage, geom_path)
@@ -164,7 +185,7 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
         _define_skin(stage, part_path, um.GetPrim(), part.skin)
     if mesh.material is not None:
         if id(mesh.material) not in materials:
-            materials[id(mesh.material)] = _define_material(stage, root, mesh.material, tex_dir)
+            materials[id(mesh.material)] = _define_material(stage, root, mesh.material, tex_dir, names.materials[id(mesh.material)])
         UsdShade.MaterialBindingAPI.Apply(um.GetPrim()).Bind(materials[id(mesh.material)])
 
 
@@ -194,13 +215,12 @@ def _define_skin(stage: Any, part_path: Any, mesh_prim: Any, skin: Skin) -> None
     binding.CreateGeomBindTransformAttr(Gf.Matrix4d(1.0))
 
 
-def _define_material(stage: Any, root: Any, mat: Material, tex_dir: str) -> Any:
+def _define_material(stage: Any, root: Any, mat: Material, tex_dir: str, name: str) -> Any:
     from pxr import Gf, Sdf, UsdShade
 
     looks = root.AppendChild(LOOKS)
     if not stage.GetPrimAtPath(looks):
         stage.DefinePrim(looks, "Scope")
-    name = safe_name(mat.name)
     material = UsdShade.Material.Define(stage, looks.AppendChild(name))
     surf = UsdShade.Shader.Define(stage, material.GetPath().AppendChild("PreviewSurface"))
     surf.CreateIdAttr("UsdPreviewSurface")
