@@ -233,3 +233,12 @@ def test_atomic_write_survives_sigkill(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert target.read_bytes() == b"old"
+
+
+def test_atomic_write_gives_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "x.bin", b"1")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
