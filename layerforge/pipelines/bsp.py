@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from layerforge.assets.atomic import atomic_path, atomic_write_bytes, atomic_write_json
-from layerforge.errors import InputError
+from layerforge.errors import ConfigError, InputError
 from layerforge.pipelines.engine import INPUT, Stage, StageContext
 from layerforge.pipelines.rundir import sha256_json, sha256_path
 
@@ -40,167 +40,218 @@ def _mesh_files(src: Path) -> list[Path]:
     return files
 
 
-def _load_shapes(folder: Path) -> list[dict[str, np.ndarray]]:
-    return [dict(np.load(p)) for p in sorted(folder.glob("*.npz"))]
+def _shape_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.npz"))
+
+
+def _prepared(path: Path):
+    """A saved shape as (PreparedShape, normalised mesh vertices, faces)."""
+    from layerforge.models.bsp.data import PreparedShape
+
+    z = np.load(path)
+    res = [int(k.split("_")[1]) for k in z.files if k.startswith("points_")]
+    shape = PreparedShape(
+        voxels=z["voxels"],
+        points={r: z[f"points_{r}"] for r in res},
+        values={r: z[f"values_{r}"] for r in res},
+        centre=z["centre"],
+        scale=float(z["scale"]),
+    )
+    return shape, z["mesh_vertices"], z["mesh_faces"]
 
 
 # ---- prepare --------------------------------------------------------------------------
 def prepare(ctx: StageContext) -> None:
     from layerforge.assets.mesh_io import read_mesh
-    from layerforge.models.bsp.data import prepare_shape
+    from layerforge.models.bsp.data import normalise_mesh, prepare_shape
 
     cfg = ctx.cfg.prepare
     files = _mesh_files(ctx.input(INPUT))
     out = ctx.output("shapes")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(str(ctx.cfg.out)) / ".cache" / "bsp_prepare"
-    cfg_hash = sha256_json({k: v for k, v in dict(cfg).items()})[:16]
+    counts = {int(k): int(v) for k, v in cfg.point_counts.items()}
+    key = sha256_json({"counts": counts, "seed": ctx.seed})[:16]
     names: set[str] = set()
     for index, path in enumerate(ctx.progress(files, desc="voxelise")):
         name = path.stem if path.stem not in names else f"{path.stem}_{index}"
         names.add(name)
-        cached = cache / f"{sha256_path(path)[:32]}_{cfg_hash}.npz"
+        cached = cache / f"{sha256_path(path)[:32]}_{key}.npz"
         if not cached.exists():
             mesh = read_mesh(path)
-            data = prepare_shape(
-                mesh.vertices,
-                mesh.faces,
-                voxel_resolution=int(cfg.voxel_resolution),
-                point_counts={int(k): int(v) for k, v in cfg.point_counts.items()},
-                winding_threshold=float(cfg.winding_threshold),
-                surface_samples=int(cfg.surface_samples),
-                seed=ctx.seed,
-                source=str(path),
-            )
+            shape = prepare_shape(mesh.vertices, mesh.faces, seed=ctx.seed, counts=counts)
+            v_norm, _, _ = normalise_mesh(mesh.vertices, mesh.faces)
+            arrays = {"voxels": shape.voxels, "centre": shape.centre, "scale": np.array(shape.scale)}
+            for r in shape.points:
+                arrays[f"points_{r}"], arrays[f"values_{r}"] = shape.points[r], shape.values[r]
             with atomic_path(cached) as tmp:
-                np.savez_compressed(tmp, **data)
-        target = out / f"{name}.npz"
-        shutil.copyfile(cached, target)
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, mesh_vertices=v_norm.astype(np.float32), mesh_faces=mesh.faces, **arrays)
+        shutil.copyfile(cached, out / f"{name}.npz")
     ctx.record(shapes=len(files))
 
 
 # ---- fit / train / infer --------------------------------------------------------------
-def _save_model(ctx: StageContext, model: torch.nn.Module, extra: dict) -> None:
-    with atomic_path(ctx.output("model", ".pt")) as tmp:
-        torch.save({"state_dict": model.state_dict(), "model_cfg": dict(ctx.cfg.model), **extra}, tmp)
+def _model_config(ctx: StageContext, n_shapes: int):
+    from layerforge.models.bsp.network import BSPConfig
+
+    m = ctx.cfg.model
+    p = m.p
+    if p is None:
+        if str(ctx.cfg.mode) != "fit" or ctx.cfg.fit.init != "kdop":
+            raise ConfigError("model.p is unset", "set model.p (the paper uses 4096) or use mode=fit with fit.init=kdop")
+        p = 2 * int(ctx.cfg.fit.kdop_directions) * int(m.c)
+    return BSPConfig(ef_dim=int(m.ef_dim), p=int(p), c=int(m.c), z_dim=int(m.z_dim), dec_dims=tuple(m.dec_dims), n_shapes=n_shapes)
 
 
-def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list[dict], section: str, encoder: bool) -> None:
-    from layerforge.models.bsp.training import make_optimizer, sample_batch, train_step
+def _save_model(path: Path, model: torch.nn.Module, mode: str, phase: int) -> None:
+    import dataclasses
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(model.cfg), "mode": mode, "phase": phase}, tmp)
+
+
+def _load_model(path: Path):
+    from layerforge.models.bsp.network import BSPConfig, BSPNet
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = dict(ckpt["config"])
+    cfg["dec_dims"] = tuple(cfg["dec_dims"])
+    model = BSPNet(BSPConfig(**cfg))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, section: str, tag: str) -> None:
+    """Run the config's phase/resolution schedule on ``model`` (checkpointed per schedule entry)."""
+    from layerforge.models.bsp.training import fit_points, make_optimizer, stack_prepared, train_step
 
     cfg = ctx.cfg[section]
-    optim = make_optimizer(model, lr=float(cfg.lr), beta1=float(cfg.beta1))
+    encoder = model.encoder is not None
+    optim = make_optimizer(model, {"lr": float(cfg.lr), "lr_tw": float(cfg.get("lr_tw", cfg.lr)), "beta1": float(cfg.beta1)})
     gen = torch.Generator().manual_seed(ctx.seed)
-    batch_shapes = int(cfg.get("shapes_per_batch", len(shapes)))
+    per_batch = min(int(cfg.get("shapes_per_batch", len(shapes))), len(shapes))
     for i, entry in enumerate(cfg.schedule):
         phase, res, steps = int(entry.phase), int(entry.resolution), int(entry.steps)
+        data = {k: v.to(ctx.device) for k, v in stack_prepared(shapes, res).items()}
         loop = ctx.loop(
             total=steps,
             state={"model": model, "optim": optim, "gen": gen},
             every=int(cfg.checkpoint_every),
-            subfolder=f"{i}_phase{phase}_{res}",
+            subfolder=f"{tag}{i}_phase{phase}_{res}",
+            desc=f"{tag}phase {phase} @{res}",
         )
         for _ in loop:
-            batch = sample_batch(shapes, res, int(cfg.points_per_step), batch_shapes, gen, ctx.device, encoder)
-            loop.log(**train_step(model, optim, batch, phase))
-        ctx.record(**{f"{i}_phase{phase}_{res}_{k}": v for k, v in loop.last_scalars.items()})
-    ctx.record(final_phase=int(cfg.schedule[-1].phase))
+            idx = torch.randperm(len(shapes), generator=gen)[:per_batch] if per_batch < len(shapes) else None
+            batch = fit_points(data, int(cfg.points_per_step), gen, shape_idx=idx, with_voxels=encoder)
+            loop.log(**train_step(model, optim, {k: v.to(ctx.device) for k, v in batch.items()}, phase))
+        ctx.record(**{f"{tag}{i}_phase{phase}_{res}_{k}": v for k, v in loop.last_scalars.items()})
 
 
 def fit(ctx: StageContext) -> None:
+    from layerforge.models.bsp.init import initialise_from_planes, kdop_planes, train_planes_only
     from layerforge.models.bsp.network import BSPNet
 
-    shapes = _load_shapes(ctx.input("shapes"))
-    model = BSPNet(**ctx.cfg.model, num_codes=len(shapes)).to(ctx.device)
-    _optimise(ctx, model, shapes, "fit", encoder=False)
-    _save_model(ctx, model, {"mode": "fit", "phase": int(ctx.cfg.fit.schedule[-1].phase)})
+    cfg = ctx.cfg.fit
+    out = ctx.output("model")
+    out.mkdir(parents=True, exist_ok=True)
+    files = _shape_files(ctx.input("shapes"))
+    for path in files:  # fit mode: one network per shape, each with its own single code
+        shape, _, _ = _prepared(path)
+        model = BSPNet(_model_config(ctx, n_shapes=1)).to(ctx.device)
+        if cfg.init == "kdop":
+            res = shape.voxels.shape[0]
+            planes, T = kdop_planes(
+                shape.voxels, model.cfg.c, int(cfg.kdop_directions), plane_scale=res * float(cfg.kdop_h1_per_voxel), seed=ctx.seed
+            )
+            initialise_from_planes(model, planes, T)
+        elif cfg.init != "random":
+            raise ConfigError(f"unknown fit.init '{cfg.init}'", "use fit.init=kdop or fit.init=random")
+        if cfg.planes_only:
+            train_planes_only(model)
+        _optimise(ctx, model, [shape], "fit", tag=f"{path.stem}/" if len(files) > 1 else "")
+        _save_model(out / f"{path.stem}.pt", model, "fit", int(cfg.schedule[-1].phase))
+    ctx.record(shapes=len(files))
 
 
 def train(ctx: StageContext) -> None:
     from layerforge.models.bsp.network import BSPNet
 
-    shapes = _load_shapes(ctx.input("shapes"))
-    model = BSPNet(**ctx.cfg.model).to(ctx.device)
-    _optimise(ctx, model, shapes, "train", encoder=True)
-    _save_model(ctx, model, {"mode": "train", "phase": int(ctx.cfg.train.schedule[-1].phase)})
+    shapes = [_prepared(p)[0] for p in _shape_files(ctx.input("shapes"))]
+    out = ctx.output("model")
+    out.mkdir(parents=True, exist_ok=True)
+    model = BSPNet(_model_config(ctx, n_shapes=0)).to(ctx.device)
+    _optimise(ctx, model, shapes, "train", tag="")
+    _save_model(out / "model.pt", model, "train", int(ctx.cfg.train.schedule[-1].phase))
 
 
 def infer(ctx: StageContext) -> None:
-    from layerforge.models.bsp.network import BSPNet
-
     ckpt_path = ctx.cfg.infer.checkpoint
     if not ckpt_path or not Path(str(ckpt_path)).is_file():
         raise InputError(
             f"infer mode needs a trained model, got infer.checkpoint={ckpt_path}",
-            "pass infer.checkpoint=outputs/bsp/<train-run>/stages/train/model.pt",
+            "pass infer.checkpoint=outputs/bsp/<train-run>/stages/train/model/model.pt",
         )
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
-    if ckpt.get("mode") != "train":
-        raise InputError(f"{ckpt_path} is a {ckpt.get('mode')}-mode model without an encoder", "use a train-mode model.pt")
-    model = BSPNet(**ckpt["model_cfg"])
-    model.load_state_dict(ckpt["state_dict"])
-    with atomic_path(ctx.output("model", ".pt")) as tmp:
-        torch.save({**ckpt, "mode": "infer"}, tmp)
+    _, ckpt = _load_model(Path(str(ckpt_path)))
+    if ckpt["mode"] != "train":
+        raise InputError(f"{ckpt_path} is a {ckpt['mode']}-mode model without an encoder", "use a train-mode model.pt")
+    out = ctx.output("model")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(str(ckpt_path), out / "model.pt")
     ctx.record(checkpoint=str(ckpt_path))
 
 
 # ---- extract ----------------------------------------------------------------------------
 def extract(ctx: StageContext) -> None:
-    from layerforge.models.bsp.extract import extract_shape_convexes
-    from layerforge.models.bsp.network import BSPNet
+    from layerforge.models.bsp.extract import extract_convexes
+    from layerforge.models.bsp.training import shape_planes
 
     cfg = ctx.cfg.extract
-    ckpt = torch.load(ctx.input("model"), map_location="cpu", weights_only=False)
-    model = BSPNet(**ckpt["model_cfg"], num_codes=len(ckpt["state_dict"].get("codes.weight", [])) or None)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    files = sorted(ctx.input("shapes").glob("*.npz"))
+    models = ctx.input("model")
     out = ctx.output("convexes")
     out.mkdir(parents=True, exist_ok=True)
-    counts = []
-    for index, path in enumerate(ctx.progress(files, desc="convexes")):
-        shape = dict(np.load(path))
-        with torch.no_grad():
-            code = model.code_for(index if ckpt["mode"] == "fit" else None, torch.from_numpy(shape["voxels"]))
-            planes = model.planes(code)[0].cpu().numpy()
-        convexes = extract_shape_convexes(
-            model,
-            code,
-            planes,
-            grid_resolution=int(cfg.grid_resolution),
-            active_threshold=float(cfg.active_threshold),
-            plane_threshold=float(cfg.plane_threshold),
-            drop_inner=bool(cfg.drop_inner),
-        )
+    counts = {}
+    shared = _load_model(models / "model.pt")[0] if (models / "model.pt").exists() else None
+    for path in ctx.progress(_shape_files(ctx.input("shapes")), desc="convexes"):
+        shape, _, _ = _prepared(path)
+        if shared is not None:
+            planes, T = shape_planes(shared, voxels=torch.from_numpy(shape.voxels[None, None]).float())
+        else:
+            planes, T = shape_planes(_load_model(models / f"{path.stem}.pt")[0], shape_idx=0)
+        parts = extract_convexes(planes, T, res=int(cfg.grid_resolution), drop_inside=bool(cfg.drop_inner))
         arrays = {}
-        for i, (v, f) in enumerate(convexes):
-            arrays[f"v{i}"], arrays[f"f{i}"] = v.astype(np.float32), f.astype(np.int64)
+        for i, part in enumerate(parts):
+            arrays[f"v{i}"], arrays[f"f{i}"] = part.vertices.astype(np.float32), part.faces.astype(np.int64)
         with atomic_path(out / path.name) as tmp:
-            np.savez_compressed(tmp, count=np.array(len(convexes)), **arrays)
-        counts.append(len(convexes))
-    ctx.record(convexes=counts if len(counts) > 1 else counts[0])
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, count=np.array(len(parts)), **arrays)
+        counts[path.stem] = len(parts)
+    ctx.record(convexes=sum(counts.values()))
 
 
-def _convexes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+def _convexes(path: Path) -> list:
+    from layerforge.models.bsp.extract import ConvexPart
+
     data = np.load(path)
-    return [(data[f"v{i}"], data[f"f{i}"]) for i in range(int(data["count"]))]
+    return [ConvexPart(index=i, vertices=data[f"v{i}"].astype(np.float64), faces=data[f"f{i}"]) for i in range(int(data["count"]))]
 
 
 # ---- evaluate ---------------------------------------------------------------------------
 def evaluate(ctx: StageContext) -> None:
-    from layerforge.models.metrics import bsp_metrics
+    from layerforge.models.bsp.evaluation import evaluate_decomposition
 
-    out = ctx.output("metrics", ".json")
+    cfg = ctx.cfg.evaluate
     results = {}
-    for path in sorted(ctx.input("convexes").glob("*.npz")):
-        shape = dict(np.load(ctx.input("shapes") / path.name))
-        parts = _convexes(path)
-        results[path.stem] = bsp_metrics(parts, shape["surface_points"], shape["surface_normals"], int(ctx.cfg.evaluate.samples), ctx.seed)
-    atomic_write_json(out, results)
+    for path in ctx.progress(_shape_files(ctx.input("convexes")), desc="metrics"):
+        _, verts, faces = _prepared(ctx.input("shapes") / path.name)
+        results[path.stem] = evaluate_decomposition(
+            _convexes(path), verts, faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed
+        )
+    atomic_write_json(ctx.output("metrics", ".json"), results)
     if len(results) == 1:
         ctx.record(**next(iter(results.values())))
     else:
-        ctx.record(**{f"mean_{k}": float(np.mean([r[k] for r in results.values()])) for k in ("cd", "nc", "ecd", "convexes")})
+        ctx.record(**{f"mean_{k}": float(np.nanmean([r[k] for r in results.values()])) for k in ("cd", "nc", "ecd", "convexes")})
 
 
 # ---- export -----------------------------------------------------------------------------
@@ -215,6 +266,7 @@ def export(ctx: StageContext) -> None:
     from layerforge.assets.export import export_asset
     from layerforge.assets.mesh_io import read_mesh
     from layerforge.assets.types import LayeredAsset, Material, Mesh, Part, texture_to_png
+    from layerforge.models.bsp.data import denormalise
     from layerforge.renderers.preview import render_asset_views, side_by_side
 
     cfg = ctx.cfg.export
@@ -222,15 +274,17 @@ def export(ctx: StageContext) -> None:
     metrics = json.loads(ctx.input("metrics").read_text())
     originals = {p.stem: p for p in _mesh_files(ctx.input(INPUT))}
     previews = []
-    for path in sorted(ctx.input("convexes").glob("*.npz")):
-        shape = np.load(ctx.input("shapes") / path.name)
-        centre, scale = shape["centre"].astype(np.float64), float(shape["scale"])
+    for path in _shape_files(ctx.input("convexes")):
+        shape, _, _ = _prepared(ctx.input("shapes") / path.name)
+        centre, scale = np.asarray(shape.centre, np.float64), shape.scale
         parts = []
-        colors = _palette(int(np.load(path)["count"]))
-        for i, (v, f) in enumerate(_convexes(path)):
-            world = (v.astype(np.float64) / scale + centre).astype(np.float32)  # back to the input's units
+        convexes = _convexes(path)
+        colors = _palette(len(convexes))
+        for i, part in enumerate(convexes):
+            world = denormalise(part.vertices, centre, scale).astype(np.float32)  # back to the input's units
+            f = part.faces
             mat = Material(f"convex_{i:03d}", base_color=colors[i], roughness=0.6)
-            parts.append(Part(f"convex_{i:03d}", Mesh(world, f, material=mat), metadata={"convex": i}))
+            parts.append(Part(f"convex_{i:03d}", Mesh(world, f, material=mat), layer="convexes", metadata={"convex": i}))
         asset = LayeredAsset(path.stem, parts, metadata={"method": "BSP-Net", **metrics.get(path.stem, {})})
         export_asset(asset, staged, path.stem, formats=tuple(cfg.formats))
         if path.stem in originals:

@@ -36,7 +36,7 @@ BOUND = 0.55
 # A convex whose largest inscribed ball is smaller than this (normalised units) is dropped.
 MIN_RADIUS = 1e-4
 # Vertices closer than this are welded (normalised units).
-WELD_TOL = 1e-9
+WELD_TOL = 1e-5  # normalised units (bbox diagonal 1): 10 micrometres on a 1 m object
 
 
 @dataclasses.dataclass
@@ -125,6 +125,28 @@ def select_convexes(inside: list[np.ndarray], drop_inside: bool = False) -> np.n
     return np.asarray(keep, dtype=np.int64)
 
 
+def weld_points(points: np.ndarray, tol: float) -> np.ndarray:
+    """Merge points closer than ``tol`` (transitively) into their mean; [N, 3] -> [M, 3].
+
+    Many planes through one corner (k-DOP planes meet at voxel corners) give clusters of
+    intersections a few 1e-8 apart; rounding to a grid splits clusters that straddle a grid
+    line, leaving sliver triangles that break watertightness once stored in float32.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(points).query_pairs(tol, output_type="ndarray")
+    if len(pairs) == 0:
+        return points
+    n = len(points)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    sums = np.zeros((count, 3))
+    np.add.at(sums, labels, points)
+    return sums / np.bincount(labels, minlength=count)[:, None]
+
+
 def _box_planes(bound: float) -> np.ndarray:
     eye = np.eye(3)
     return np.concatenate([np.c_[eye, -bound * np.ones(3)], np.c_[-eye, -bound * np.ones(3)]])
@@ -171,7 +193,7 @@ def convex_polyhedron(
         return None
     try:
         verts = HalfspaceIntersection(hs, interior).intersections
-        verts = np.unique(np.round(verts / WELD_TOL) * WELD_TOL, axis=0)
+        verts = weld_points(verts, WELD_TOL)
         hull = ConvexHull(verts)
     except QhullError:
         return None

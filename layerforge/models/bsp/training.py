@@ -40,7 +40,7 @@ def make_optimizer(model: BSPNet, cfg: Mapping[str, Any] | None = None) -> torch
     lr = float(cfg.get("lr", PAPER_LR))
     lr_tw = float(cfg.get("lr_tw", lr))
     tw = [model.T, model.W]
-    rest = [p for p in model.parameters() if all(p is not q for q in tw)]
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in tw)]
     groups = [{"params": rest, "lr": lr}, {"params": tw, "lr": lr_tw}]
     return torch.optim.Adam(groups, lr=lr, betas=(float(cfg.get("beta1", PAPER_BETA1)), 0.999))
 
