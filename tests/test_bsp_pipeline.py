@@ -105,7 +105,7 @@ TRAIN = [
     "train.shapes_per_batch=2",
     "train.points_per_step=512",
     "train.checkpoint_every=10",
-    "train.lr=0.001",
+    "train.lr=0.003",
     "train.schedule=[{phase: 0, resolution: 16, steps: 40}, {phase: 1, resolution: 16, steps: 40}]",
     "export.formats=[glb]",
 ]
@@ -134,14 +134,30 @@ def test_train_mode_resumes_after_sigkill_with_identical_model(tmp_path):
 
     resumed = _cli("run", "bsp", "run=killed", *common)
     assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(tmp_path / "out" / "bsp" / "clean" / "stages" / "train" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "out" / "bsp" / "killed" / "stages" / "train" / "model.pt", weights_only=False)["state_dict"]
+    a = torch.load(tmp_path / "out" / "bsp" / "clean" / "stages" / "train" / "model" / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "out" / "bsp" / "killed" / "stages" / "train" / "model" / "model.pt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     m_clean = json.loads((tmp_path / "out" / "bsp" / "clean" / "export" / "metrics.json").read_text())
     m_killed = json.loads((tmp_path / "out" / "bsp" / "killed" / "export" / "metrics.json").read_text())
     assert m_clean == m_killed
+    assert all(m["convexes"] >= 1 and m["cd"] < 0.1 for m in m_clean.values()), m_clean
+
+
+def test_training_that_yields_no_convex_fails_with_one_line_and_keeps_metrics(tmp_path):
+    src = l_shape(tmp_path / "ell.obj")
+    untrained = [a for a in TRAIN if not a.startswith("train.schedule")]
+    untrained.append("train.schedule=[{phase: 1, resolution: 16, steps: 1}]")
+    proc = _cli("run", "bsp", f"input={src}", f"out={tmp_path / 'out'}", "run=empty", *untrained)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no convex" in lines[0] and "train longer" in lines[0], proc.stderr
+    run = tmp_path / "out" / "bsp" / "empty"
+    metrics = json.loads((run / "stages" / "evaluate" / "metrics.json").read_text())  # strict JSON: no NaN
+    assert metrics["ell"]["convexes"] == 0 and metrics["ell"]["cd"] is None
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["evaluate"]["status"] == "done" and manifest["stages"]["export"]["status"] == "failed"
 
 
 def _bad(tmp_path: Path, name: str, text: str) -> Path:
@@ -154,8 +170,8 @@ def _bad(tmp_path: Path, name: str, text: str) -> Path:
     "name, text, expected",
     [
         ("empty.obj", "", "empty"),
-        ("nan.obj", "v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 3 4\nf 1 4 2\nf 2 4 3\n", "non-finite"),
-        ("flat.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1 2 3\nf 2 4 3\n", "volume"),
+        ("nan.obj", "v nan 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 3 4\nf 1 4 2\nf 2 4 3\n", "nan/inf"),
+        ("flat.obj", "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1 2 3\nf 2 4 3\n", "degenerate"),
     ],
 )
 def test_bad_meshes_give_one_line_errors(tmp_path, name, text, expected):

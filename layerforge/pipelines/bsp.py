@@ -15,6 +15,7 @@ The math lives in :mod:`layerforge.models.bsp`; this module only wires stages.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -22,9 +23,11 @@ import numpy as np
 import torch
 
 from layerforge.assets.atomic import atomic_path, atomic_write_bytes, atomic_write_json
-from layerforge.errors import ConfigError, InputError
+from layerforge.errors import ConfigError, InputError, OutputError
 from layerforge.pipelines.engine import INPUT, Stage, StageContext
 from layerforge.pipelines.rundir import sha256_json, sha256_path
+
+log = logging.getLogger("layerforge")
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
 
@@ -237,6 +240,11 @@ def _convexes(path: Path) -> list:
 
 
 # ---- evaluate ---------------------------------------------------------------------------
+def _finite_or_none(metrics: dict) -> dict:
+    """Strict JSON: an undefined metric (no convex, no sharp edge) is ``null``, not NaN/Infinity."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
+
+
 def evaluate(ctx: StageContext) -> None:
     from layerforge.models.bsp.evaluation import evaluate_decomposition
 
@@ -244,14 +252,18 @@ def evaluate(ctx: StageContext) -> None:
     results = {}
     for path in ctx.progress(_shape_files(ctx.input("convexes")), desc="metrics"):
         _, verts, faces = _prepared(ctx.input("shapes") / path.name)
-        results[path.stem] = evaluate_decomposition(
-            _convexes(path), verts, faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed
-        )
+        metrics = evaluate_decomposition(_convexes(path), verts, faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed)
+        results[path.stem] = _finite_or_none(metrics)
     atomic_write_json(ctx.output("metrics", ".json"), results)
     if len(results) == 1:
         ctx.record(**next(iter(results.values())))
-    else:
-        ctx.record(**{f"mean_{k}": float(np.nanmean([r[k] for r in results.values()])) for k in ("cd", "nc", "ecd", "convexes")})
+        return
+    means = {}
+    for k in ("cd", "nc", "ecd", "convexes"):
+        values = [r[k] for r in results.values() if r[k] is not None]
+        if values:
+            means[f"mean_{k}"] = float(np.mean(values))
+    ctx.record(**means, empty_shapes=sum(r["convexes"] == 0 for r in results.values()))
 
 
 # ---- export -----------------------------------------------------------------------------
@@ -272,6 +284,11 @@ def export(ctx: StageContext) -> None:
     cfg = ctx.cfg.export
     staged = ctx.folder / "staged"
     metrics = json.loads(ctx.input("metrics").read_text())
+    if not any(m.get("convexes") for m in metrics.values()):
+        raise OutputError(
+            "the model produced no convex for any shape, so there is nothing to export",
+            "train longer or with a higher lr (train.schedule, train.lr), or use mode=fit",
+        )
     originals = {p.stem: p for p in _mesh_files(ctx.input(INPUT))}
     previews = []
     for path in _shape_files(ctx.input("convexes")):
@@ -279,6 +296,9 @@ def export(ctx: StageContext) -> None:
         centre, scale = np.asarray(shape.centre, np.float64), shape.scale
         parts = []
         convexes = _convexes(path)
+        if not convexes:
+            log.warning("bsp: no convex survived extraction for %s; it is left out of the export", path.stem)
+            continue
         colors = _palette(len(convexes))
         for i, part in enumerate(convexes):
             world = denormalise(part.vertices, centre, scale).astype(np.float32)  # back to the input's units
