@@ -47,6 +47,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/renderers.py
 	$(PY) benchmarks/bsp.py
+	$(PY) benchmarks/guidance.py
 
 # Regenerate the lock from requirements/base.in in a scratch venv.
 lock:

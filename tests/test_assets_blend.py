@@ -64,3 +64,32 @@ def test_gaussian_part_is_a_point_object(tmp_path):
     vals = np.empty(30, np.float32)
     me.attributes["opacity_logit"].data.foreach_get("value", vals)
     np.testing.assert_array_equal(vals, cloud.opacity_logits)
+
+
+def test_bpy_that_cannot_load_gives_one_line_error(tmp_path):
+    """pymeshlab (a nerfstudio dependency) loads its own Embree, after which bpy cannot import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pymeshlab\n"
+        "from layerforge.assets.blend import write_blend\n"
+        "from layerforge.errors import OutputError\n"
+        "try:\n"
+        f"    write_blend({str(tmp_path / 'x.blend')!r}, None)\n"
+        "except OutputError as err:\n"
+        "    print(err)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "bpy" in lines[0] and "import bpy before pymeshlab" in lines[0], proc.stdout + proc.stderr
+    assert not (tmp_path / "x.blend").exists()
+
+
+def test_write_blend_prints_nothing(tmp_path, capfd, chair_asset):
+    """Blender's C-level "Info: Saved as" must not reach stdout (quiet batch jobs, piped output)."""
+    write_blend(tmp_path / "quiet.blend", chair_asset)
+    out, _ = capfd.readouterr()
+    assert out == ""
+    print("stdout still works")
+    assert capfd.readouterr().out == "stdout still works\n"

@@ -12,22 +12,52 @@ functions reset that session (factory settings, empty scene) before they start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from layerforge.assets.atomic import atomic_path
 from layerforge.assets.types import GaussianCloud, LayeredAsset, Material, Mesh, Part, linear_to_srgb, srgb_to_linear
 from layerforge.assets.validation import check_file, validate_asset
-from layerforge.errors import InputError
+from layerforge.errors import InputError, OutputError
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null for the block (C-level prints included)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _bpy() -> Any:
+    """Import bpy, or say in one line why it cannot load here."""
+    try:
+        import bpy
+    except ImportError as err:
+        # pymeshlab bundles its own Embree; once it is loaded, bpy's Embree symbols clash
+        raise OutputError(
+            f"bpy (Blender) cannot be imported in this process ({str(err).splitlines()[0][-90:]})",
+            "install bpy==5.0.1 with `make setup`, and import bpy before pymeshlab (their bundled Embree libraries clash)",
+        ) from None
+    return bpy
+
 
 
 def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Path:
     """Write ``asset`` as a .blend (textures packed inside), atomically; returns the path."""
-    import bpy
+    bpy = _bpy()
     from mathutils import Matrix
 
     path = Path(path)
@@ -60,7 +90,8 @@ def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Pat
     bpy.context.preferences.filepaths.save_version = 0  # no .blend1 backups next to deliverables
     with atomic_path(path) as tmp:
         tmp.unlink()  # Blender would otherwise back up the empty placeholder
-        bpy.ops.wm.save_as_mainfile(filepath=str(tmp), check_existing=False, compress=True)
+        with _stdout_silenced():  # Blender prints "Info: Saved as ..." from C, past sys.stdout
+            bpy.ops.wm.save_as_mainfile(filepath=str(tmp), check_existing=False, compress=True)
     return path
 
 
@@ -188,7 +219,7 @@ def read_blend(path: str | os.PathLike[str], validate: bool = True) -> LayeredAs
     The asset is the first collection under the scene (its name; all its mesh objects).
     Armatures and skin weights are not read back.
     """
-    import bpy
+    bpy = _bpy()
 
     path = check_file(path, (".blend",))
     try:

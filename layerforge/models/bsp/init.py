@@ -3,8 +3,9 @@
 The paper starts every fit from random planes and needs millions of shape-iterations;
 from random planes a single-shape fit on a CPU collapses on thin shapes (everything
 outside) or stalls far from the surface. Fit mode therefore starts from a decomposition
-read off the voxels: the inside voxels are clustered into ``c`` groups (k-means), and
-each group's convex starts as its k-DOP, the tightest convex bounded by planes along a
+read off the voxels: the inside voxels are split into at most ``c`` clusters (2-means
+splits of the cluster whose k-DOP covers the most empty voxels, see
+:func:`split_until_tight`), and each cluster's convex starts as its k-DOP, the tightest convex bounded by planes along a
 fixed set of directions (the 6 axis-aligned faces, plus 12 edge- and 8 corner-diagonal
 planes), so every convex starts around its voxels and BSP-Net's losses only have to
 refine the planes. ``T`` starts as the exact plane-to-convex assignment and ``W`` at 1,

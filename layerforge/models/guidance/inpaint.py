@@ -17,7 +17,7 @@ log = logging.getLogger("layerforge.guidance")
 
 
 @dataclasses.dataclass
-class InpaintConfig:
+class InpaintConfig(LoadOptions):
     """Options of :class:`Inpainter`. ``pretrained_model_name_or_path: null`` selects OpenCV."""
 
     pretrained_model_name_or_path: str | None = None
@@ -31,13 +31,6 @@ class InpaintConfig:
     classical_radius_px: int = 5
     prefill: bool = False  # classical fill of the hole before diffusion (LayerPano3D)
     seed: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
-    offline: bool | None = None
-    variant: str | None = None
-    attention_slicing: bool = False
-    cpu_offload: bool = False
-    vae_tiling: bool = False
 
     def __post_init__(self) -> None:
         if self.classical_method not in ("telea", "ns"):
@@ -45,8 +38,6 @@ class InpaintConfig:
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"inpaint.strength={self.strength} is out of range", "use a value in (0, 1]")
 
-    def load_options(self) -> LoadOptions:
-        return LoadOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoadOptions)})
 
 
 def _to_srgb(x: np.ndarray) -> np.ndarray:

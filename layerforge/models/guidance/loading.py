@@ -46,6 +46,10 @@ class LoadOptions:
     cpu_offload: bool = False
     vae_tiling: bool = False
 
+    def load_options(self) -> "LoadOptions":
+        """Just the loading fields (guidance configs subclass this class to carry them)."""
+        return LoadOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoadOptions)})
+
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None, prefix: str = "guidance") -> "LoadOptions":
         """Pick this dataclass's fields out of ``cfg`` (other keys are ignored)."""

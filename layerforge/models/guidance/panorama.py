@@ -26,7 +26,7 @@ log = logging.getLogger("layerforge.guidance")
 
 
 @dataclasses.dataclass
-class PanoramaConfig:
+class PanoramaConfig(LoadOptions):
     """Options of :class:`PanoramaGenerator` (defaults: LayerPano3D, 720x1440, 50 steps, CFG 7)."""
 
     pretrained_model_name_or_path: str | None = None
@@ -39,13 +39,6 @@ class PanoramaConfig:
     guidance_scale: float = 7.0
     seamless: bool = True
     seed: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
-    offline: bool | None = None
-    variant: str | None = None
-    attention_slicing: bool = False
-    cpu_offload: bool = False
-    vae_tiling: bool = False
 
     def __post_init__(self) -> None:
         if self.height % 8 or self.width % 8:
@@ -54,8 +47,6 @@ class PanoramaConfig:
         if self.width != 2 * self.height:
             log.warning("panorama %dx%d is not 1:2; equirectangular images usually are", self.height, self.width)
 
-    def load_options(self) -> LoadOptions:
-        return LoadOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoadOptions)})
 
 
 def _wrap_conv_forward(conv: torch.nn.Conv2d):

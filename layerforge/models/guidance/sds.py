@@ -61,7 +61,7 @@ def sds_surrogate_loss(latents: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
 
 
 @dataclasses.dataclass
-class SDSConfig:
+class SDSConfig(LoadOptions):
     """Options of :class:`SDSGuidance` (Hydra: ``configs/guidance/*.yaml``).
 
     Schedule values (``[start_step, start_val, end_val, end_step]``, see
@@ -82,14 +82,6 @@ class SDSConfig:
     grad_clip: ScheduleValue | None = None
     latent_mode: str = "encode"  # encode: RGB through the VAE; direct: 4-channel image is the latent
     latent_size: int = 64
-    # loading (see LoadOptions)
-    dtype: str = "auto"
-    device: str = "auto"
-    offline: bool | None = None
-    variant: str | None = None
-    attention_slicing: bool = False
-    cpu_offload: bool = False
-    vae_tiling: bool = False
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "min_step_percent", "max_step_percent"):
@@ -105,9 +97,6 @@ class SDSConfig:
     def from_mapping(cls, cfg: Mapping[str, Any] | Any | None) -> "SDSConfig":
         return config_from_mapping(cls, cfg)
 
-    def load_options(self) -> LoadOptions:
-        names = {f.name for f in dataclasses.fields(LoadOptions)}
-        return LoadOptions(**{n: getattr(self, n) for n in names})
 
 
 @dataclasses.dataclass
