@@ -13,6 +13,8 @@ functions reset that session (factory settings, empty scene) before they start.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import io
 import json
 import os
 import sys
@@ -29,14 +31,18 @@ from layerforge.errors import InputError, OutputError
 
 @contextlib.contextmanager
 def _stdout_silenced() -> Iterator[None]:
-    """Point file descriptor 1 at /dev/null for the block (C-level prints included)."""
+    """Silence stdout for the block: Python's sys.stdout and file descriptor 1 (C-level prints)."""
     sys.stdout.flush()
     saved = os.dup(1)
     with open(os.devnull, "wb") as null:
         os.dup2(null.fileno(), 1)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
+        # C stdio buffers stdout when it is not a terminal: flush Blender's prints while fd 1
+        # still points at /dev/null, or they surface later
+        ctypes.CDLL(None).fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
 
