@@ -1,10 +1,11 @@
-"""Fit mode's data-driven start: k-DOPs around clusters of inside voxels, planes-only training, welding."""
+"""Fit mode's data-driven start (k-DOPs, planes-only training), welding, and the bsp file round trips."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 from layerforge.models.bsp import extract, init, network, training
 
@@ -102,3 +103,36 @@ def test_weld_points_merges_transitive_clusters_only():
     assert got == sorted([(4e-6, 0, 0), (1, 1e-6, 0), (0, 1, 0)])
     far = np.eye(3)
     np.testing.assert_array_equal(extract.weld_points(far, 1e-5), far)
+
+
+def test_prepared_shape_convexes_and_model_round_trip_through_files(tmp_path):
+    from layerforge.models.bsp.data import PreparedShape, prepare_shape
+
+    box = trimesh.creation.box(extents=(1.0, 0.5, 0.25))
+    shape = prepare_shape(box.vertices, box.faces, seed=3, counts={16: 256, 64: 512})
+    shape.save(tmp_path / "s.npz")
+    back = PreparedShape.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.voxels, shape.voxels)
+    assert sorted(back.points) == [16, 64]
+    for r in (16, 64):
+        np.testing.assert_array_equal(back.points[r], shape.points[r])
+        np.testing.assert_array_equal(back.values[r], shape.values[r])
+    np.testing.assert_array_equal(back.mesh_faces, shape.mesh_faces)
+    np.testing.assert_allclose(back.mesh_vertices.max(0) - back.mesh_vertices.min(0), np.array([1.0, 0.5, 0.25]) * shape.scale, rtol=1e-6)
+    assert back.scale == shape.scale and np.array_equal(back.centre, shape.centre)
+
+    planes, T = init.kdop_planes(shape.voxels, c=3, directions=3)
+    parts = extract.extract_convexes(planes, T)
+    extract.save_convexes(tmp_path / "c.npz", parts)
+    again = extract.load_convexes(tmp_path / "c.npz")
+    assert [p.index for p in again] == [p.index for p in parts]
+    for a, b in zip(again, parts):
+        np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-6)  # stored as float32
+        np.testing.assert_array_equal(a.faces, b.faces)
+
+    model = _model(len(planes), 3)
+    init.initialise_from_planes(model, planes, T)
+    network.save_model(tmp_path / "m.pt", model, mode="fit", phase=1)
+    loaded, ckpt = network.load_model(tmp_path / "m.pt")
+    assert ckpt["mode"] == "fit" and ckpt["phase"] == 1 and loaded.cfg == model.cfg
+    np.testing.assert_array_equal(training.shape_planes(loaded, shape_idx=0)[0], training.shape_planes(model, shape_idx=0)[0])

@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerforge.assets.atomic import atomic_path, atomic_write_bytes, atomic_write_json
+from layerforge.assets.atomic import atomic_write_bytes, atomic_write_json
 from layerforge.errors import ConfigError, InputError, OutputError
+from layerforge.models.bsp.data import PreparedShape, denormalise, prepare_shape
+from layerforge.models.bsp.extract import extract_convexes, load_convexes, save_convexes
+from layerforge.models.bsp.network import BSPConfig, BSPNet, load_model, save_model
 from layerforge.pipelines.engine import INPUT, Stage, StageContext
 from layerforge.pipelines.rundir import sha256_json, sha256_path
 
@@ -47,26 +50,9 @@ def _shape_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.npz"))
 
 
-def _prepared(path: Path):
-    """A saved shape as (PreparedShape, normalised mesh vertices, faces)."""
-    from layerforge.models.bsp.data import PreparedShape
-
-    z = np.load(path)
-    res = [int(k.split("_")[1]) for k in z.files if k.startswith("points_")]
-    shape = PreparedShape(
-        voxels=z["voxels"],
-        points={r: z[f"points_{r}"] for r in res},
-        values={r: z[f"values_{r}"] for r in res},
-        centre=z["centre"],
-        scale=float(z["scale"]),
-    )
-    return shape, z["mesh_vertices"], z["mesh_faces"]
-
-
 # ---- prepare --------------------------------------------------------------------------
 def prepare(ctx: StageContext) -> None:
     from layerforge.assets.mesh_io import read_mesh
-    from layerforge.models.bsp.data import normalise_mesh, prepare_shape
 
     cfg = ctx.cfg.prepare
     files = _mesh_files(ctx.input(INPUT))
@@ -82,21 +68,13 @@ def prepare(ctx: StageContext) -> None:
         cached = cache / f"{sha256_path(path)[:32]}_{key}.npz"
         if not cached.exists():
             mesh = read_mesh(path)
-            shape = prepare_shape(mesh.vertices, mesh.faces, seed=ctx.seed, counts=counts)
-            v_norm, _, _ = normalise_mesh(mesh.vertices, mesh.faces)
-            arrays = {"voxels": shape.voxels, "centre": shape.centre, "scale": np.array(shape.scale)}
-            for r in shape.points:
-                arrays[f"points_{r}"], arrays[f"values_{r}"] = shape.points[r], shape.values[r]
-            with atomic_path(cached) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, mesh_vertices=v_norm.astype(np.float32), mesh_faces=mesh.faces, **arrays)
+            prepare_shape(mesh.vertices, mesh.faces, seed=ctx.seed, counts=counts).save(cached)
         shutil.copyfile(cached, out / f"{name}.npz")
     ctx.record(shapes=len(files))
 
 
 # ---- fit / train / infer --------------------------------------------------------------
 def _model_config(ctx: StageContext, n_shapes: int):
-    from layerforge.models.bsp.network import BSPConfig
 
     m = ctx.cfg.model
     p = m.p
@@ -105,24 +83,6 @@ def _model_config(ctx: StageContext, n_shapes: int):
             raise ConfigError("model.p is unset", "set model.p (the paper uses 4096) or use mode=fit with fit.init=kdop")
         p = 2 * int(ctx.cfg.fit.kdop_directions) * int(m.c)
     return BSPConfig(ef_dim=int(m.ef_dim), p=int(p), c=int(m.c), z_dim=int(m.z_dim), dec_dims=tuple(m.dec_dims), n_shapes=n_shapes)
-
-
-def _save_model(path: Path, model: torch.nn.Module, mode: str, phase: int) -> None:
-    import dataclasses
-
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(model.cfg), "mode": mode, "phase": phase}, tmp)
-
-
-def _load_model(path: Path):
-    from layerforge.models.bsp.network import BSPConfig, BSPNet
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = dict(ckpt["config"])
-    cfg["dec_dims"] = tuple(cfg["dec_dims"])
-    model = BSPNet(BSPConfig(**cfg))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
 
 
 def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, section: str, tag: str) -> None:
@@ -153,14 +113,13 @@ def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, section: 
 
 def fit(ctx: StageContext) -> None:
     from layerforge.models.bsp.init import initialise_from_planes, kdop_planes, train_planes_only
-    from layerforge.models.bsp.network import BSPNet
 
     cfg = ctx.cfg.fit
     out = ctx.output("model")
     out.mkdir(parents=True, exist_ok=True)
     files = _shape_files(ctx.input("shapes"))
     for path in files:  # fit mode: one network per shape, each with its own single code
-        shape, _, _ = _prepared(path)
+        shape = PreparedShape.load(path)
         model = BSPNet(_model_config(ctx, n_shapes=1)).to(ctx.device)
         if cfg.init == "kdop":
             res = shape.voxels.shape[0]
@@ -173,19 +132,18 @@ def fit(ctx: StageContext) -> None:
         if cfg.planes_only:
             train_planes_only(model)
         _optimise(ctx, model, [shape], "fit", tag=f"{path.stem}/" if len(files) > 1 else "")
-        _save_model(out / f"{path.stem}.pt", model, "fit", int(cfg.schedule[-1].phase))
+        save_model(out / f"{path.stem}.pt", model, mode="fit", phase=int(cfg.schedule[-1].phase))
     ctx.record(shapes=len(files))
 
 
 def train(ctx: StageContext) -> None:
-    from layerforge.models.bsp.network import BSPNet
 
-    shapes = [_prepared(p)[0] for p in _shape_files(ctx.input("shapes"))]
+    shapes = [PreparedShape.load(p) for p in _shape_files(ctx.input("shapes"))]
     out = ctx.output("model")
     out.mkdir(parents=True, exist_ok=True)
     model = BSPNet(_model_config(ctx, n_shapes=0)).to(ctx.device)
     _optimise(ctx, model, shapes, "train", tag="")
-    _save_model(out / "model.pt", model, "train", int(ctx.cfg.train.schedule[-1].phase))
+    save_model(out / "model.pt", model, mode="train", phase=int(ctx.cfg.train.schedule[-1].phase))
 
 
 def infer(ctx: StageContext) -> None:
@@ -195,7 +153,7 @@ def infer(ctx: StageContext) -> None:
             f"infer mode needs a trained model, got infer.checkpoint={ckpt_path}",
             "pass infer.checkpoint=outputs/bsp/<train-run>/stages/train/model/model.pt",
         )
-    _, ckpt = _load_model(Path(str(ckpt_path)))
+    _, ckpt = load_model(Path(str(ckpt_path)))
     if ckpt["mode"] != "train":
         raise InputError(f"{ckpt_path} is a {ckpt['mode']}-mode model without an encoder", "use a train-mode model.pt")
     out = ctx.output("model")
@@ -206,7 +164,6 @@ def infer(ctx: StageContext) -> None:
 
 # ---- extract ----------------------------------------------------------------------------
 def extract(ctx: StageContext) -> None:
-    from layerforge.models.bsp.extract import extract_convexes
     from layerforge.models.bsp.training import shape_planes
 
     cfg = ctx.cfg.extract
@@ -214,29 +171,17 @@ def extract(ctx: StageContext) -> None:
     out = ctx.output("convexes")
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    shared = _load_model(models / "model.pt")[0] if (models / "model.pt").exists() else None
+    shared = load_model(models / "model.pt")[0] if (models / "model.pt").exists() else None
     for path in ctx.progress(_shape_files(ctx.input("shapes")), desc="convexes"):
-        shape, _, _ = _prepared(path)
+        shape = PreparedShape.load(path)
         if shared is not None:
             planes, T = shape_planes(shared, voxels=torch.from_numpy(shape.voxels[None, None]).float())
         else:
-            planes, T = shape_planes(_load_model(models / f"{path.stem}.pt")[0], shape_idx=0)
+            planes, T = shape_planes(load_model(models / f"{path.stem}.pt")[0], shape_idx=0)
         parts = extract_convexes(planes, T, res=int(cfg.grid_resolution), drop_inside=bool(cfg.drop_inner))
-        arrays = {}
-        for i, part in enumerate(parts):
-            arrays[f"v{i}"], arrays[f"f{i}"] = part.vertices.astype(np.float32), part.faces.astype(np.int64)
-        with atomic_path(out / path.name) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, count=np.array(len(parts)), **arrays)
+        save_convexes(out / path.name, parts)
         counts[path.stem] = len(parts)
     ctx.record(convexes=sum(counts.values()))
-
-
-def _convexes(path: Path) -> list:
-    from layerforge.models.bsp.extract import ConvexPart
-
-    data = np.load(path)
-    return [ConvexPart(index=i, vertices=data[f"v{i}"].astype(np.float64), faces=data[f"f{i}"]) for i in range(int(data["count"]))]
 
 
 # ---- evaluate ---------------------------------------------------------------------------
@@ -251,8 +196,10 @@ def evaluate(ctx: StageContext) -> None:
     cfg = ctx.cfg.evaluate
     results = {}
     for path in ctx.progress(_shape_files(ctx.input("convexes")), desc="metrics"):
-        _, verts, faces = _prepared(ctx.input("shapes") / path.name)
-        metrics = evaluate_decomposition(_convexes(path), verts, faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed)
+        shape = PreparedShape.load(ctx.input("shapes") / path.name)
+        metrics = evaluate_decomposition(
+            load_convexes(path), shape.mesh_vertices, shape.mesh_faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed
+        )
         results[path.stem] = _finite_or_none(metrics)
     atomic_write_json(ctx.output("metrics", ".json"), results)
     if len(results) == 1:
@@ -278,7 +225,6 @@ def export(ctx: StageContext) -> None:
     from layerforge.assets.export import export_asset
     from layerforge.assets.mesh_io import read_mesh
     from layerforge.assets.types import LayeredAsset, Material, Mesh, Part, texture_to_png
-    from layerforge.models.bsp.data import denormalise
     from layerforge.renderers.preview import render_asset_views, side_by_side
 
     cfg = ctx.cfg.export
@@ -292,10 +238,10 @@ def export(ctx: StageContext) -> None:
     originals = {p.stem: p for p in _mesh_files(ctx.input(INPUT))}
     previews = []
     for path in _shape_files(ctx.input("convexes")):
-        shape, _, _ = _prepared(ctx.input("shapes") / path.name)
+        shape = PreparedShape.load(ctx.input("shapes") / path.name)
         centre, scale = np.asarray(shape.centre, np.float64), shape.scale
         parts = []
-        convexes = _convexes(path)
+        convexes = load_convexes(path)
         if not convexes:
             log.warning("bsp: no convex survived extraction for %s; it is left out of the export", path.stem)
             continue

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from layerforge.assets.atomic import atomic_path
 from layerforge.errors import InputError
 from layerforge.models.metrics import sample_surface
 
@@ -54,6 +56,8 @@ class PreparedShape:
         values: {r: [N_r] float32} 1 = inside, 0 = outside.
         centre: [3] float64 bounding-box centre of the input mesh (input units).
         scale: factor from input units to normalised units (1 / bbox diagonal).
+        mesh_vertices: [V, 3] float32 the input mesh in the normalised frame (for evaluation).
+        mesh_faces: [F, 3] int64 its triangles.
     """
 
     voxels: np.ndarray
@@ -61,6 +65,33 @@ class PreparedShape:
     values: dict[int, np.ndarray]
     centre: np.ndarray
     scale: float
+    mesh_vertices: np.ndarray | None = None
+    mesh_faces: np.ndarray | None = None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as one compressed .npz, atomically."""
+        arrays = {"voxels": self.voxels, "centre": self.centre, "scale": np.array(self.scale)}
+        for r in self.points:
+            arrays[f"points_{r}"], arrays[f"values_{r}"] = self.points[r], self.values[r]
+        if self.mesh_vertices is not None:
+            arrays["mesh_vertices"], arrays["mesh_faces"] = self.mesh_vertices, self.mesh_faces
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "PreparedShape":
+        """Read a file written by :meth:`save`."""
+        z = np.load(path)
+        res = sorted(int(k.split("_")[1]) for k in z.files if k.startswith("points_"))
+        return cls(
+            voxels=z["voxels"],
+            points={r: z[f"points_{r}"] for r in res},
+            values={r: z[f"values_{r}"] for r in res},
+            centre=z["centre"],
+            scale=float(z["scale"]),
+            mesh_vertices=z["mesh_vertices"] if "mesh_vertices" in z.files else None,
+            mesh_faces=z["mesh_faces"] if "mesh_faces" in z.files else None,
+        )
 
 
 def validate_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +309,10 @@ def prepare_shape(
     points, values = {}, {}
     for i, (res, n) in enumerate(sorted((counts or POINTS_PER_RES).items())):
         points[res], values[res] = sample_point_values(voxels, res, n, seed=seed + 1 + i)
-    return PreparedShape(voxels=voxels, points=points, values=values, centre=centre, scale=scale)
+    return PreparedShape(
+        voxels=voxels, points=points, values=values, centre=centre, scale=scale,
+        mesh_vertices=v.astype(np.float32), mesh_faces=f,
+    )
 
 
 def surface_samples(

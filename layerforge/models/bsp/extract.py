@@ -20,12 +20,14 @@ radius below ``MIN_RADIUS``) are dropped.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import torch
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 
+from layerforge.assets.atomic import atomic_path
 from layerforge.models.bsp.network import T_THRESHOLD
 
 # modelAE.py test_bsp: selection grid size and "inside" threshold on h2.
@@ -241,6 +243,23 @@ def extract_convexes(
         if mesh is not None:
             parts.append(ConvexPart(index=int(i), vertices=mesh[0], faces=mesh[1]))
     return parts
+
+
+def save_convexes(path: str | os.PathLike[str], parts: list[ConvexPart]) -> None:
+    """Write one shape's convexes as a compressed .npz (``count``, ``v<i>``, ``f<i>``, ``index``), atomically."""
+    arrays = {"count": np.array(len(parts)), "index": np.array([p.index for p in parts], np.int64)}
+    for i, part in enumerate(parts):
+        arrays[f"v{i}"], arrays[f"f{i}"] = part.vertices.astype(np.float32), part.faces.astype(np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def load_convexes(path: str | os.PathLike[str]) -> list[ConvexPart]:
+    """Read a file written by :func:`save_convexes`."""
+    z = np.load(path)
+    count = int(z["count"])
+    index = z["index"] if "index" in z.files else np.arange(count)
+    return [ConvexPart(index=int(index[i]), vertices=z[f"v{i}"].astype(np.float64), faces=z[f"f{i}"]) for i in range(count)]
 
 
 def convex_contains(parts: list[ConvexPart], points: np.ndarray, eps: float = 0.0) -> np.ndarray:

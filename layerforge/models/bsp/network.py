@@ -19,10 +19,14 @@ Two ways to get a shape code z:
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from layerforge.assets.atomic import atomic_path
 
 # BSP-Net modelAE.py: leaky ReLU slope in the encoder and the plane decoder.
 LEAKY_SLOPE = 0.01
@@ -215,3 +219,19 @@ class BSPNet(nn.Module):
         planes = self.planes(z)
         h1, h2, h3 = csg_layers(points, planes, self.T, self.W, phase, convex_mask)
         return BSPOutput(z=z, planes=planes, h1=h1, h2=h2, h3=h3)
+
+
+def save_model(path: str | os.PathLike[str], model: BSPNet, **extra: Any) -> None:
+    """Write weights, sizes and ``extra`` (e.g. mode, phase) to one file, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(model.cfg), **extra}, tmp)
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[BSPNet, dict[str, Any]]:
+    """The model saved by :func:`save_model` (eval mode, on the CPU) and the whole checkpoint dict."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = dict(ckpt["config"])
+    cfg["dec_dims"] = tuple(cfg["dec_dims"])
+    model = BSPNet(BSPConfig(**cfg))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
