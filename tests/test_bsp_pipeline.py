@@ -89,6 +89,12 @@ def test_fit_l_shape_writes_deliverables_in_input_units(tmp_path):
     assert manifest["stages"]["evaluate"]["metrics"]["cd"] == pytest.approx(metrics["cd"])
     assert sorted(manifest["exports"]) == sorted(f"export/{p.name}" for p in export.iterdir() if p.is_file())
 
+    # a fit-mode model has no encoder: infer refuses it in one line
+    fit_model = tmp_path / "out" / "bsp" / "r" / "stages" / "fit" / "model" / "ell.pt"
+    bad = _cli("run", "bsp", "mode=infer", f"infer.checkpoint={fit_model}", f"input={src}", f"out={tmp_path / 'out'}", "run=i", *TINY)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "without an encoder" in lines[0], bad.stderr
+
 
 def _cli(*args: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -143,6 +149,23 @@ def test_train_mode_resumes_after_sigkill_with_identical_model(tmp_path):
     m_killed = json.loads((tmp_path / "out" / "bsp" / "killed" / "export" / "metrics.json").read_text())
     assert m_clean == m_killed
     assert all(m["convexes"] >= 1 and m["cd"] < 0.1 for m in m_clean.values()), m_clean
+
+    # infer: the trained encoder applied to a mesh it has not seen
+    model_pt = tmp_path / "out" / "bsp" / "clean" / "stages" / "train" / "model" / "model.pt"
+    new = tmp_path / "new"
+    new.mkdir()
+    trimesh.creation.box(extents=(0.6, 0.9, 0.4)).export(new / "crate.obj")
+    infer = [a for a in TRAIN if a != "mode=train"] + ["mode=infer", f"out={tmp_path / 'out'}", f"input={new / 'crate.obj'}"]
+    ran = _cli("run", "bsp", "run=infer", f"infer.checkpoint={model_pt}", *infer)
+    assert ran.returncode == 0, ran.stderr
+    m_infer = json.loads((tmp_path / "out" / "bsp" / "infer" / "export" / "metrics.json").read_text())
+    assert list(m_infer) == ["crate"] and m_infer["crate"]["convexes"] >= 1
+    manifest = json.loads((tmp_path / "out" / "bsp" / "infer" / "manifest.json").read_text())
+    assert "infer" in manifest["stages"] and "train" not in manifest["stages"]
+    for checkpoint, expected in ((tmp_path / "missing.pt", "needs a trained model"), (None, "needs a trained model")):
+        bad = _cli("run", "bsp", "run=bad_infer", f"infer.checkpoint={checkpoint or 'null'}", *infer)
+        lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+        assert bad.returncode == 2 and len(lines) == 1 and expected in lines[0], bad.stderr
 
 
 def test_training_that_yields_no_convex_fails_with_one_line_and_keeps_metrics(tmp_path):
