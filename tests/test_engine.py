@@ -242,3 +242,15 @@ def test_atomic_write_gives_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_json_files_are_strict_json(tmp_path):
+    """NaN/Infinity (an undefined metric) are written as null, which every JSON reader accepts."""
+    import json
+
+    from layerforge.assets.atomic import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "m.json", {"cd": float("inf"), "ecd": float("nan"), "nc": 0.5, "runs": [1.0, float("-inf")]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"cd": None, "ecd": None, "nc": 0.5, "runs": [1.0, None]}

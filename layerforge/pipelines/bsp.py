@@ -185,11 +185,6 @@ def extract(ctx: StageContext) -> None:
 
 
 # ---- evaluate ---------------------------------------------------------------------------
-def _finite_or_none(metrics: dict) -> dict:
-    """Strict JSON: an undefined metric (no convex, no sharp edge) is ``null``, not NaN/Infinity."""
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
-
-
 def evaluate(ctx: StageContext) -> None:
     from layerforge.models.bsp.evaluation import evaluate_decomposition
 
@@ -197,17 +192,16 @@ def evaluate(ctx: StageContext) -> None:
     results = {}
     for path in ctx.progress(_shape_files(ctx.input("convexes")), desc="metrics"):
         shape = PreparedShape.load(ctx.input("shapes") / path.name)
-        metrics = evaluate_decomposition(
+        results[path.stem] = evaluate_decomposition(
             load_convexes(path), shape.mesh_vertices, shape.mesh_faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed
         )
-        results[path.stem] = _finite_or_none(metrics)
     atomic_write_json(ctx.output("metrics", ".json"), results)
     if len(results) == 1:
         ctx.record(**next(iter(results.values())))
         return
     means = {}
     for k in ("cd", "nc", "ecd", "convexes"):
-        values = [r[k] for r in results.values() if r[k] is not None]
+        values = [r[k] for r in results.values() if np.isfinite(r[k])]
         if values:
             means[f"mean_{k}"] = float(np.mean(values))
     ctx.record(**means, empty_shapes=sum(r["convexes"] == 0 for r in results.values()))
