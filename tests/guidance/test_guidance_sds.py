@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from layerforge.errors import ConfigError, NonFiniteError
-from layerforge.models.guidance import SDSGuidance, visibility_weight_map
+from layerforge.models.guidance import SDSConfig, SDSGuidance, visibility_weight_map
 from layerforge.models.schedules import schedule_value
 
 S = 8  # latent side of the tiny models
@@ -144,6 +145,53 @@ def test_nan_guards(tiny_sd_pipe, oracle_cls):
     _with_oracle(g, oracle_cls, target)
     out = g(torch.rand(1, S, S, 4))
     assert torch.isfinite(out.grad).all() and out.logs["nonfinite_grad"] >= 1
+
+
+def test_nonfinite_unet_output_is_zeroed_once_and_raises_when_it_persists(tiny_sd_pipe, monkeypatch, caplog):
+    """Issue: nan_to_num zeroed every NaN step, so the NaN guard never fired and training ran on zeros."""
+    g = _guidance(tiny_sd_pipe)
+    assert g.config.max_nonfinite_steps == 3  # documented default
+    real_forward = g.unet.forward
+    broken = {"on": True}
+
+    def forward(*args, **kwargs):  # the real tiny UNet, its noise prediction NaN while broken
+        out = real_forward(*args, **kwargs)
+        return SimpleNamespace(sample=torch.full_like(out.sample, float("nan")) if broken["on"] else out.sample)
+
+    monkeypatch.setattr(g.unet, "forward", forward)
+    images = torch.rand(1, S, S, 4, requires_grad=True)
+    gen = torch.Generator().manual_seed(0)
+
+    caplog.set_level("WARNING", logger="layerforge.guidance")
+    out = g(images, step=0, generator=gen)  # one bad step: zeroed (threestudio) and logged
+    out.loss.backward()
+    assert out.logs["nonfinite_eps"] == 4 * S * S and out.logs["nonfinite_streak"] == 1
+    assert float(out.grad.abs().max()) == 0.0 and float(images.grad.abs().max()) == 0.0
+    assert any("NaN/Inf at step 0" in r.getMessage() for r in caplog.records)
+    assert g(images, step=1, generator=gen).logs["nonfinite_streak"] == 2
+    broken["on"] = False  # a clean step resets the count
+    clean = g(images, step=2, generator=gen)
+    assert clean.logs["nonfinite_streak"] == 0 and clean.logs["nonfinite_eps"] == 0 and clean.grad.abs().max() > 0
+    broken["on"] = True
+    g(images, step=3, generator=gen)
+    g(images, step=4, generator=gen)
+    with pytest.raises(NonFiniteError) as err:
+        g(images, step=5, generator=gen)  # the third bad step in a row
+    msg = str(err.value)
+    assert "\n" not in msg and "3 steps in a row" in msg and "step 5" in msg
+    assert "guidance.dtype=float32" in msg and "max_nonfinite_steps" in msg
+
+
+def test_max_nonfinite_steps_is_configurable(tiny_sd_pipe, oracle_cls):
+    g = _guidance(tiny_sd_pipe, max_nonfinite_steps=1)
+    target = torch.zeros(1, 4, S, S)
+    target[0, 0, 0, 0] = float("inf")  # eps_hat is -inf at one latent pixel
+    _with_oracle(g, oracle_cls, target)
+    with pytest.raises(NonFiniteError, match="1 step in a row"):
+        g(torch.rand(1, S, S, 4))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="guidance.max_nonfinite_steps"):
+            SDSConfig(max_nonfinite_steps=bad)
 
 
 def test_config_errors():

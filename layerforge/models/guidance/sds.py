@@ -6,6 +6,12 @@ predicts eps_hat with classifier-free guidance, and the SDS gradient on x is
 ``g = w(t) (eps_hat - eps)`` (times an optional per-pixel weight map, then NaN-guarded and
 clipped). It is applied through the surrogate loss ``0.5 * ||x - sg(x - g)||^2 / B``, whose
 gradient with respect to x is exactly ``g / B`` (the batch mean of per-sample SDS).
+
+NaN guard: a step whose noise prediction eps_hat or gradient g holds NaN/Inf has those
+values zeroed (threestudio's ``nan_to_num``), logged, and counted; after
+``SDSConfig.max_nonfinite_steps`` such steps in a row the guard raises
+:class:`~layerforge.errors.NonFiniteError` instead of letting the optimisation run on with a
+prior that has stopped answering (typically fp16 overflow in the UNet).
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from layerforge.models.schedules import ScheduleValue, schedule_value, validate_
 log = logging.getLogger("layerforge.guidance")
 
 WEIGHTINGS = ("dreamfusion", "uniform", "fantasia3d")
+# Consecutive non-finite SDS steps tolerated before raising. One bad step (an fp16 overflow at
+# an extreme t) is noise that threestudio zeroes and moves past; three in a row means the
+# prior keeps failing, and every further step would train on a zero gradient.
+DEFAULT_MAX_NONFINITE_STEPS = 3
 
 
 def sds_weighting(alphas_cumprod_t: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -82,10 +92,17 @@ class SDSConfig(LoadOptions):
     grad_clip: ScheduleValue | None = None
     latent_mode: str = "encode"  # encode: RGB through the VAE; direct: 4-channel image is the latent
     latent_size: int = 64
+    # Calls in a row whose eps_hat or gradient held NaN/Inf before NonFiniteError; fewer are
+    # zeroed and logged (see the module docstring).
+    max_nonfinite_steps: int = DEFAULT_MAX_NONFINITE_STEPS
 
     def __post_init__(self) -> None:
         for name in ("guidance_scale", "min_step_percent", "max_step_percent"):
             validate_schedule(getattr(self, name), f"guidance.{name}")
+        if isinstance(self.max_nonfinite_steps, bool) or not isinstance(self.max_nonfinite_steps, int) \
+                or self.max_nonfinite_steps < 1:
+            raise ConfigError(f"guidance.max_nonfinite_steps={self.max_nonfinite_steps!r} is invalid",
+                              f"use a whole number >= 1 (default {DEFAULT_MAX_NONFINITE_STEPS})")
         if self.grad_clip is not None:
             validate_schedule(self.grad_clip, "guidance.grad_clip")
         if self.weighting not in WEIGHTINGS:
@@ -107,7 +124,9 @@ class SDSOutput:
     ``grad``: [B, 4, h, w] detached SDS gradient w(t)(eps_hat - eps) (after map, guard, clip).
     ``latents``: [B, 4, h, w] the (differentiable) latents the loss was taken on.
     ``timesteps``: [B] int64; ``weights``: [B] w(t).
-    ``logs``: scalars to log (loss, grad norm, t, w, step range, non-finite count).
+    ``logs``: scalars to log (loss, grad norm, t, w, step range; ``nonfinite_eps`` and
+    ``nonfinite_grad``: NaN/Inf values found in eps_hat and in the gradient this step, zeroed;
+    ``nonfinite_streak``: consecutive steps with any, see ``SDSConfig.max_nonfinite_steps``).
     """
 
     loss: torch.Tensor
@@ -125,6 +144,9 @@ class SDSGuidance:
     loaded diffusers pipeline (anything with ``unet``, ``vae``, ``text_encoder``,
     ``tokenizer``, ``scheduler``). The prior's weights are frozen; gradients flow only into the
     images (or latents) handed to :meth:`__call__`.
+
+    State: :attr:`nonfinite_streak` counts the calls in a row whose noise prediction or
+    gradient held NaN/Inf (reset by a clean call); it reaching ``max_nonfinite_steps`` raises.
     """
 
     config_class = SDSConfig
@@ -149,6 +171,7 @@ class SDSGuidance:
         self.alphas_cumprod = abar.to(self.device, torch.float32)
         self.num_train_timesteps = int(abar.shape[0])
         self._embedding_cache: dict[str, torch.Tensor] = {}
+        self.nonfinite_streak = 0
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "SDSGuidance":
@@ -313,11 +336,13 @@ class SDSGuidance:
             eps_hat = self.predict_noise(latents_noisy, timesteps, cond, uncond,
                                          float(schedule_value(cfg.guidance_scale, step)), extra)
             w = sds_weighting(abar.view(-1), cfg.weighting)
+            nonfinite_eps = int((~torch.isfinite(eps_hat)).sum())
             grad = w.view(-1, 1, 1, 1) * (eps_hat - noise)
-            nonfinite = int((~torch.isfinite(grad)).sum())
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             if weight_map is not None:
                 grad = grad * self._latent_weight_map(weight_map, latents.shape)
+            nonfinite = int((~torch.isfinite(grad)).sum())
+            self._guard_nonfinite(nonfinite_eps, nonfinite, step)
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             if cfg.grad_clip is not None:
                 clip = float(schedule_value(cfg.grad_clip, step))
                 grad = grad.clamp(-clip, clip)
@@ -329,11 +354,34 @@ class SDSGuidance:
             "w_mean": float(w.mean()),
             "min_step": float(min_step),
             "max_step": float(max_step),
+            "nonfinite_eps": float(nonfinite_eps),
             "nonfinite_grad": float(nonfinite),
+            "nonfinite_streak": float(self.nonfinite_streak),
         }
-        if nonfinite:
-            log.warning("SDS: %d non-finite gradient values zeroed at step %d", nonfinite, step)
         return SDSOutput(loss=loss, grad=grad, latents=latents, timesteps=timesteps, weights=w, logs=logs)
+
+    def _guard_nonfinite(self, nonfinite_eps: int, nonfinite_grad: int, step: int) -> None:
+        """Count a step with NaN/Inf in eps_hat or the gradient; raise after too many in a row.
+
+        A clean step resets :attr:`nonfinite_streak`. A bad one is logged (its values are zeroed
+        by the caller); the ``max_nonfinite_steps``-th bad one in a row raises NonFiniteError.
+        """
+        if not (nonfinite_eps or nonfinite_grad):
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak += 1
+        limit = self.config.max_nonfinite_steps
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteError(
+                f"SDS noise prediction or gradient was NaN/Inf for {self.nonfinite_streak} step{'s' if self.nonfinite_streak > 1 else ''} "
+                f"in a row (step {step}, "
+                f"{nonfinite_eps} bad values in eps_hat, {nonfinite_grad} in the gradient)",
+                "run the prior in float32 (guidance.dtype=float32) or lower the learning rate "
+                "(raise guidance.max_nonfinite_steps only to tolerate longer bursts)",
+            )
+        log.warning("SDS: NaN/Inf at step %d (%d values in eps_hat, %d in the gradient) zeroed; "
+                    "%d of %d tolerated steps in a row", step, nonfinite_eps, nonfinite_grad,
+                    self.nonfinite_streak, limit)
 
     def _latent_weight_map(self, weight_map: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         m = weight_map.detach().float().to(self.device)
