@@ -185,6 +185,68 @@ def test_bad_arguments_raise():
         render_gaussians(means, quats, scales[:3], opac, colors, cam)
 
 
+@pytest.fixture
+def gsplat_unimportable(monkeypatch):
+    """``import gsplat`` fails (a None entry in sys.modules makes Python raise ImportError), and
+    the once-per-process log memory starts empty."""
+    import sys
+
+    from layerforge.renderers import gaussians
+
+    monkeypatch.setitem(sys.modules, "gsplat", None)
+    monkeypatch.setattr(gaussians, "_FALLBACKS_LOGGED", set(), raising=False)
+
+
+def _fallback_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "gsplat" in r.getMessage()]
+
+
+def test_auto_backend_logs_cuda_fallback_once_with_reason(gsplat_unimportable, caplog):
+    """Issue: backend='auto' fell back to the torch reference on CUDA silently when gsplat failed to import."""
+    from layerforge.renderers.gaussians import gsplat_import_error, resolve_backend
+
+    caplog.set_level("WARNING", logger="layerforge.renderers")
+    reason = gsplat_import_error()
+    assert reason == "ModuleNotFoundError: import of gsplat halted; None in sys.modules"
+    cuda = torch.device("cuda")  # a device object needs no GPU; the decision only looks at its type
+    assert resolve_backend("auto", cuda) == "torch"
+    assert resolve_backend("auto", cuda) == "torch"
+    assert resolve_backend("auto", "cuda:1") == "torch"
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1, warnings  # once, not per render call
+    assert reason in warnings[0] and "torch reference" in warnings[0] and "install gsplat" in warnings[0]
+    assert "\n" not in warnings[0]
+    # explicit choices are honoured without a warning; the explicit gsplat backend says why it cannot run
+    assert resolve_backend("torch", cuda) == "torch" and resolve_backend("gsplat", cuda) == "gsplat"
+    with pytest.raises(ConfigError, match="unknown Gaussian backend"):
+        resolve_backend("cuda", cuda)  # type: ignore[arg-type]
+    assert len(_fallback_warnings(caplog)) == 1
+
+
+def test_auto_backend_on_cpu_is_torch_without_a_warning(gsplat_unimportable, caplog):
+    caplog.set_level("WARNING", logger="layerforge.renderers")
+    means, quats, scales, opac, colors = _random_scene(4, dtype=torch.float32)
+    out = render_gaussians(means, quats, scales, opac, colors, _two_cams(8, dtype=torch.float32))
+    assert out["rgb"].shape == (2, 8, 8, 3)
+    assert _fallback_warnings(caplog) == []  # on CPU torch is the only path, not a fallback
+
+
+@pytest.mark.gpu
+def test_auto_backend_falls_back_on_gpu_with_one_warning(gsplat_unimportable, caplog):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    caplog.set_level("WARNING", logger="layerforge.renderers")
+    means, quats, scales, opac, colors = (t.cuda() for t in _random_scene(20, dtype=torch.float32))
+    cams = _two_cams(16, dtype=torch.float32).to(torch.device("cuda"))
+    auto = render_gaussians(means, quats, scales, opac, colors, cams)
+    render_gaussians(means, quats, scales, opac, colors, cams)
+    ref = render_gaussians(means, quats, scales, opac, colors, cams, backend="torch")
+    torch.testing.assert_close(auto["rgb"], ref["rgb"])
+    assert len(_fallback_warnings(caplog)) == 1
+    with pytest.raises(ConfigError, match="cannot import gsplat"):
+        render_gaussians(means, quats, scales, opac, colors, cams, backend="gsplat")
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10.0 * torch.log10(((a - b) ** 2).mean()))
 

@@ -24,6 +24,7 @@ it is differentiable by autograd in float32 or float64.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -45,7 +46,11 @@ __all__ = [
     "project_gaussians",
     "render_gaussians",
     "gsplat_available",
+    "gsplat_import_error",
+    "resolve_backend",
 ]
+
+log = logging.getLogger("layerforge.renderers")
 
 ALPHA_MAX = 0.999  # gsplat's per-splat alpha clamp (rasterize_to_pixels_fwd.cu)
 ALPHA_MIN = 1.0 / 255.0  # splats below this alpha are skipped
@@ -58,15 +63,53 @@ Backend = Literal["auto", "torch", "gsplat"]
 DepthMode = Literal["ED", "D"]
 
 
+# Reasons already logged by resolve_backend, so each distinct gsplat failure is logged once per process.
+_FALLBACKS_LOGGED: set[str] = set()
+
+
+def gsplat_import_error() -> str | None:
+    """Why ``import gsplat`` fails here (``"ImportError: ..."``, first line), or None when it imports.
+
+    Python caches a successful import; a failing one is retried on every call.
+    """
+    try:
+        import gsplat  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any import-time failure (missing, ABI, CUDA) is a reason
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return None
+
+
 def gsplat_available(device: torch.device | str) -> bool:
     """True when ``device`` is CUDA and gsplat imports."""
     if torch.device(device).type != "cuda":
         return False
-    try:
-        import gsplat  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the environment
-        return False
-    return True
+    return gsplat_import_error() is None
+
+
+def resolve_backend(backend: Backend, device: torch.device | str) -> Literal["torch", "gsplat"]:
+    """The backend :func:`render_gaussians` uses for tensors on ``device``.
+
+    ``"auto"`` is gsplat on CUDA when it imports, else the torch reference. On CUDA a failed
+    gsplat import is a silent slowdown otherwise, so it is logged (a warning, with the reason
+    and the fix), once per distinct reason per process; on CPU torch is the only path, and not logged.
+    ``"torch"`` and ``"gsplat"`` are returned as given; anything else is a ConfigError.
+    """
+    if backend in ("torch", "gsplat"):
+        return backend
+    if backend != "auto":
+        raise ConfigError(f"unknown Gaussian backend {backend!r}", "use 'auto', 'torch' or 'gsplat'")
+    if torch.device(device).type != "cuda":
+        return "torch"
+    reason = gsplat_import_error()
+    if reason is None:
+        return "gsplat"
+    if reason not in _FALLBACKS_LOGGED:
+        _FALLBACKS_LOGGED.add(reason)
+        log.warning("gsplat cannot be imported (%s), so Gaussians on %s render with the torch reference "
+                    "(same images, much slower); install gsplat (`make setup` installs it) or pass backend='torch' "
+                    "to choose it knowingly", reason, device)
+    return "torch"
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -304,7 +347,9 @@ def render_gaussians(
         background: [D] or [B, D] colour composited behind (``rgb += (1 - alpha) * bg``);
             ``None`` is black. Depth gets no background.
         backend: ``"gsplat"`` (CUDA kernels), ``"torch"`` (reference, any device,
-            differentiable) or ``"auto"`` (gsplat on CUDA when it imports, else torch).
+            differentiable) or ``"auto"`` (gsplat on CUDA when it imports, else torch;
+            a CUDA fallback is logged once with gsplat's import error, see
+            :func:`resolve_backend`).
         depth_mode: ``"ED"`` expected depth ``sum_i w_i z_i / max(alpha, 1e-10)``; ``"D"``
             accumulated depth ``sum_i w_i z_i`` (gsplat's render modes of the same names).
             ``w_i`` are the compositing weights, ``z_i`` camera-space z in metres.
@@ -346,12 +391,8 @@ def render_gaussians(
         bg = torch.as_tensor(background, dtype=means.dtype, device=means.device)
         bg = bg.reshape(1, D).expand(B, D) if bg.dim() == 1 else bg.reshape(B, D)
 
-    if backend == "auto":
-        backend = "gsplat" if gsplat_available(means.device) else "torch"
-    if backend == "gsplat":
+    if resolve_backend(backend, means.device) == "gsplat":
         return _render_gsplat(means, quats, scales, opacities, colors, sh_coeffs, sh_degree, cameras, bg, depth_mode, eps2d)
-    if backend != "torch":
-        raise ConfigError(f"unknown Gaussian backend {backend!r}", "use 'auto', 'torch' or 'gsplat'")
 
     proj = project_gaussians(means, quats, scales, cameras, eps2d=eps2d)
     cols = _gaussian_colors(means, colors, sh_coeffs, sh_degree, cameras)
@@ -373,10 +414,16 @@ def _render_gsplat(
     depth_mode: DepthMode,
     eps2d: float,
 ) -> dict[str, Tensor]:
-    if not gsplat_available(means.device):
+    if means.device.type != "cuda":
         raise ConfigError(
-            f"Gaussian backend 'gsplat' needs a CUDA device and the gsplat package (tensors are on {means.device})",
+            f"Gaussian backend 'gsplat' needs a CUDA device (tensors are on {means.device})",
             "use backend='torch' or 'auto'",
+        )
+    reason = gsplat_import_error()
+    if reason is not None:
+        raise ConfigError(
+            f"Gaussian backend 'gsplat' cannot import gsplat ({reason})",
+            "install gsplat (`make setup` installs it), or use backend='torch' or 'auto'",
         )
     from gsplat import rasterization
 
