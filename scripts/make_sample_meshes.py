@@ -1,8 +1,10 @@
 """Builds the sample meshes shipped in layerforge/data/ (run once; the outputs are committed).
 
-chair.obj: a dining chair in metres, +Z up, seat at 0.45 m, built from boxes and
-cylinders and merged into one watertight solid with manifold3d (so it has the thin legs,
-slats and flat panels that make convex decomposition interesting).
+chair.obj: a dining chair in metres, seat at 0.45 m, built from boxes and cylinders (+Z up)
+and merged into one watertight solid with manifold3d (so it has the thin legs, slats and
+flat panels that make convex decomposition interesting). Written the way Blender writes
+OBJ (+Y up in the file: world (x, y, z) -> file (x, z, -y)), so Blender's default OBJ
+importer and our reader both stand it upright.
 """
 
 from __future__ import annotations
@@ -51,5 +53,11 @@ if __name__ == "__main__":
     out = Path(__file__).resolve().parent.parent / "layerforge" / "data"
     out.mkdir(parents=True, exist_ok=True)
     mesh = chair()
-    mesh.export(out / "chair.obj")
+    z_up_to_y_up = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], np.float64)
+    file_mesh = mesh.copy()
+    file_mesh.apply_transform(z_up_to_y_up)
+    lines = ["# chair.obj: a dining chair in metres, +Y up in the file (Blender's OBJ convention), written by scripts/make_sample_meshes.py"]
+    lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in file_mesh.vertices]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in file_mesh.faces]
+    (out / "chair.obj").write_text("\n".join(lines) + "\n")
     print(f"chair.obj: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, bounds {np.round(mesh.bounds, 3).tolist()}")

@@ -100,6 +100,54 @@ def skinned_part() -> Part:
     return Part("arm", mesh, translate(0.5, 0.0, 0.0), skin=Skin(["root", "tip"], [-1, 0], ibm, joints, weights))
 
 
+def bpy_load(path: Path):
+    """Open ``path`` in an empty Blender session as a user would: a .blend with File > Open,
+    anything else with its default importer (no option changed). Returns the bpy module."""
+    import bpy
+
+    suffix = path.suffix.lower()
+    if suffix == ".blend":
+        bpy.ops.wm.open_mainfile(filepath=str(path), load_ui=False)
+        bpy.context.view_layer.update()
+        return bpy
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    if suffix in (".glb", ".gltf"):
+        bpy.ops.import_scene.gltf(filepath=str(path))
+    elif suffix == ".obj":
+        bpy.ops.wm.obj_import(filepath=str(path))
+    elif suffix == ".ply":
+        bpy.ops.wm.ply_import(filepath=str(path))
+    elif suffix == ".stl":
+        bpy.ops.wm.stl_import(filepath=str(path))
+    else:
+        bpy.ops.wm.usd_import(filepath=str(path))
+    bpy.context.view_layer.update()
+    return bpy
+
+
+def bpy_world_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every mesh object Blender shows after :func:`bpy_load`, in world space, merged:
+    ([V, 3] float64 vertex positions in metres, [F, 3] triangle indices)."""
+    bpy = bpy_load(path)
+    verts, tris, base = [], [], 0
+    for o in bpy.data.objects:
+        if o.type != "MESH":
+            continue
+        mesh = o.data
+        mesh.calc_loop_triangles()
+        co = np.empty(len(mesh.vertices) * 3, np.float64)
+        mesh.vertices.foreach_get("co", co)
+        m = np.array(o.matrix_world, np.float64)
+        verts.append(co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3])
+        t = np.empty(len(mesh.loop_triangles) * 3, np.int64)
+        mesh.loop_triangles.foreach_get("vertices", t)
+        tris.append(t.reshape(-1, 3) + base)
+        base += len(mesh.vertices)
+    if not verts:
+        raise AssertionError(f"Blender found no mesh in {path}")
+    return np.concatenate(verts), np.concatenate(tris)
+
+
 def bpy_import(path: Path) -> dict[str, dict]:
     """Import ``path`` into an empty Blender session with the importer's defaults.
 
@@ -107,19 +155,7 @@ def bpy_import(path: Path) -> dict[str, dict]:
     materials, images (names of loaded images reachable from its materials),
     vertex_groups, bones}}.
     """
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    suffix = path.suffix.lower()
-    if suffix in (".glb", ".gltf"):
-        bpy.ops.import_scene.gltf(filepath=str(path))
-    elif suffix == ".obj":
-        bpy.ops.wm.obj_import(filepath=str(path))
-    elif suffix == ".ply":
-        bpy.ops.wm.ply_import(filepath=str(path))
-    else:
-        bpy.ops.wm.usd_import(filepath=str(path))
-    bpy.context.view_layer.update()
+    bpy = bpy_load(path)
     out = {}
     for o in bpy.data.objects:
         info = {"type": o.type, "verts": len(o.data.vertices) if o.type == "MESH" else 0, "materials": [],

@@ -59,7 +59,7 @@ FIT_SCHEDULE = "fit.schedule=[{phase: 0, resolution: 64, steps: 30}, {phase: 1, 
 @pytest.mark.slow
 def test_fit_l_shape_writes_deliverables_in_input_units(tmp_path):
     torch.set_num_threads(2)
-    src = l_shape(tmp_path / "ell.obj")
+    src = l_shape(tmp_path / "ell.ply")  # PLY is read as stored (+Z up), so trimesh's bounds are world bounds
     engine = _engine(tmp_path, src, FIT_SCHEDULE, "export.formats=[glb,obj,usd]")
     engine.run()
     export = tmp_path / "out" / "bsp" / "r" / "export"

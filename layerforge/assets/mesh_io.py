@@ -1,11 +1,13 @@
-"""Input mesh readers: OBJ(+MTL), PLY, STL, OFF, GLB/glTF -> our Mesh or LayeredAsset.
+"""Input mesh readers: OBJ(+MTL), PLY, STL, OFF, GLB/glTF, USD -> our Mesh or LayeredAsset.
 
-Up axis: GLB/glTF is +Y up by spec and always converted. OBJ files written by layerforge
-carry a ``# layerforge up_axis=Y`` marker and are converted back; other OBJ/PLY/STL/OFF
-files are taken as already +Z up (like the bundled sample meshes and Blender's PLY/STL
-importers) unless ``up_axis="Y"`` says otherwise. OBJ is parsed here (one part per
-``o``/``g`` object and material, MTL materials and textures); PLY/STL/OFF go through trimesh.
-Everything read is validated (:mod:`layerforge.assets.validation`).
+Up axis: every format is read the way Blender's default importer reads it, so that an
+input and our deliverables imported side by side in Blender overlay (:data:`BLENDER_UP`):
+OBJ and glTF are +Y up in the file and converted to our +Z up; PLY, STL and OFF are taken
+as stored (+Z up); USD says its own upAxis and metersPerUnit. ``up_axis="Y"`` or ``"Z"``
+overrides the rule for a file that breaks its format's convention. OBJ is parsed here
+(one part per ``o``/``g`` object and material, MTL materials and textures); PLY/STL/OFF go
+through trimesh, USD through usd-core. Everything read is validated
+(:mod:`layerforge.assets.validation`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from layerforge.assets.obj import UP_MARKER
 from layerforge.assets.types import LayeredAsset, Material, Mesh, Part, srgb_to_linear, texture_from_image
 from layerforge.assets.validation import check_file, check_texture_files, validate_asset, validate_mesh
 from layerforge.errors import InputError
 
-MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
+USD_SUFFIXES = (".usd", ".usda", ".usdc", ".usdz")
+MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf", *USD_SUFFIXES)
+BLENDER_UP = {".obj": "Y", ".glb": "Y", ".gltf": "Y", ".ply": "Z", ".stl": "Z", ".off": "Z"}
+"""The file axis Blender 5.0's default importer takes as up, per suffix (OBJ: forward -Z,
+up Y; glTF: +Y up by spec; PLY/STL: forward Y, up Z, i.e. as stored; OFF has no Blender
+importer and is read as stored). USD files carry their own upAxis."""
 # file frame +Y up -> world +Z up: (x, y, z) -> (x, -z, y)
 _Y_TO_Z = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64)
 
@@ -29,8 +35,9 @@ def read_mesh(path: str | os.PathLike[str], *, up_axis: str | None = None, valid
     """Read a mesh file as one merged Mesh in world coordinates (metres, +Z up).
 
     Args:
-        path: .obj, .ply, .stl, .off, .glb or .gltf file.
-        up_axis: "Z" or "Y" to override the file's up axis (see module docstring).
+        path: .obj, .ply, .stl, .off, .glb, .gltf or .usd/.usda/.usdc/.usdz file.
+        up_axis: None or "auto" for Blender's rule (module docstring); "Y" or "Z" to
+            override the file's up axis.
         validate: raise InputError for empty, non-finite, degenerate or absurd meshes.
     """
     path = check_file(path, MESH_SUFFIXES)
@@ -38,23 +45,52 @@ def read_mesh(path: str | os.PathLike[str], *, up_axis: str | None = None, valid
     return validate_mesh(mesh, path) if validate else mesh
 
 
-def read_asset(path: str | os.PathLike[str], *, up_axis: str | None = None, validate: bool = True) -> LayeredAsset:
-    """Read a mesh file keeping its parts: one Part per object (OBJ ``o``/``g``, glTF node, scene geometry)."""
-    path = check_file(path, MESH_SUFFIXES)
-    if up_axis not in (None, "Y", "Z", "y", "z"):
-        raise InputError(f"up_axis {up_axis!r} is not Y or Z", "pass up_axis='Y' or 'Z'")
+def _override(up_axis: str | None) -> str | None:
+    """``None``/``"auto"`` -> None (the format's rule); ``"y"``/``"Z"`` -> ``"Y"``/``"Z"``."""
+    if up_axis is None or str(up_axis).lower() == "auto":
+        return None
+    if str(up_axis).upper() not in ("Y", "Z"):
+        raise InputError(f"up axis {up_axis!r} is not auto, Y or Z", "pass input_up_axis=auto, Y or Z")
+    return str(up_axis).upper()
+
+
+def up_axis_rule(path: str | os.PathLike[str], up_axis: str | None = None) -> str:
+    """One line saying which file axis is read as up for ``path`` and why (for the run log)."""
+    path = Path(path)
+    forced = _override(up_axis)
+    if forced is not None:
+        return f"{path.name}: +{forced} up in the file (input_up_axis={forced})"
     suffix = path.suffix.lower()
+    if suffix in USD_SUFFIXES:
+        return f"{path.name}: the stage's upAxis and metersPerUnit (as Blender's USD importer); override with input_up_axis=Y|Z"
+    axis = BLENDER_UP.get(suffix, "Z")
+    return f"{path.name}: +{axis} up in the file, as Blender's default importer reads {suffix}; override with input_up_axis=Y|Z"
+
+
+def read_asset(path: str | os.PathLike[str], *, up_axis: str | None = None, validate: bool = True) -> LayeredAsset:
+    """Read a mesh file keeping its parts: one Part per object (OBJ ``o``/``g``, glTF node, scene geometry).
+
+    ``up_axis`` as for :func:`read_mesh`.
+    """
+    path = check_file(path, MESH_SUFFIXES)
+    forced = _override(up_axis)
+    suffix = path.suffix.lower()
+    if suffix in USD_SUFFIXES:
+        from layerforge.assets.usd import read_usd
+
+        return read_usd(path, validate=validate, up_axis=forced)
+    y_up = (forced or BLENDER_UP[suffix]) == "Y"
     if suffix in (".glb", ".gltf"):
         from layerforge.assets.gltf import read_gltf
 
-        asset = read_gltf(path, validate=False)
-        if up_axis and up_axis.upper() == "Z":  # the file ignored the spec: undo our conversion
+        asset = read_gltf(path, validate=False)  # converted from +Y up, as the spec says
+        if not y_up:  # the file ignored the spec: undo the conversion
             for p in asset.parts:
                 p.transform = (np.linalg.inv(_Y_TO_Z) @ p.transform.astype(np.float64)).astype(np.float32)
     elif suffix == ".obj":
-        asset = _read_obj(path, up_axis)
+        asset = _read_obj(path, y_up)
     else:
-        asset = _read_trimesh(path, up_axis)
+        asset = _read_trimesh(path, y_up)
     return validate_asset(asset, path) if validate else asset
 
 
@@ -64,7 +100,7 @@ def _to_world(parts: list[Part], y_up: bool) -> None:
             p.transform = (_Y_TO_Z @ p.transform.astype(np.float64)).astype(np.float32)
 
 
-def _read_trimesh(path: Path, up_axis: str | None) -> LayeredAsset:
+def _read_trimesh(path: Path, y_up: bool) -> LayeredAsset:
     import trimesh
 
     try:
@@ -91,16 +127,15 @@ def _read_trimesh(path: Path, up_axis: str | None) -> LayeredAsset:
     if not parts:
         hint = "it is a point cloud; for a 3DGS splat use read_splat_ply" if pointclouds else "export a mesh with faces"
         raise InputError(f"{path}: no triangle mesh found", hint)
-    _to_world(parts, (up_axis or "Z").upper() == "Y")
+    _to_world(parts, y_up)
     return LayeredAsset(path.stem, parts)
 
 
 # ----------------------------------------------------------------------------- OBJ
 
 
-def _read_obj(path: Path, up_axis: str | None) -> LayeredAsset:
+def _read_obj(path: Path, y_up: bool) -> LayeredAsset:
     text = path.read_text(encoding="utf-8", errors="replace")
-    y_up = (up_axis.upper() == "Y") if up_axis else text.startswith(UP_MARKER)
     v: list[list[str]] = []
     vt: list[list[str]] = []
     vn: list[list[str]] = []

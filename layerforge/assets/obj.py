@@ -1,9 +1,9 @@
 """Wavefront OBJ + MTL + PNG texture writer (one ``o`` object per part, relative paths).
 
 OBJ has no transforms and no up-axis field. Blender, Maya and most DCCs read and write OBJ
-as +Y up, so we write +Y up (world (x, y, z) -> (x, z, -y), as for glTF) and mark the file
-with a ``# layerforge up_axis=Y`` comment; :func:`layerforge.assets.mesh_io.read_mesh` sees
-the marker and converts back. Vertex colours go on the ``v`` lines (x y z r g b, linear),
+as +Y up, so we write +Y up (world (x, y, z) -> (x, z, -y), as for glTF), say so in a
+``# layerforge up_axis=Y`` comment, and :func:`layerforge.assets.mesh_io.read_mesh` reads
+every OBJ as +Y up, ours and others' alike. Vertex colours go on the ``v`` lines (x y z r g b, linear),
 PBR factors use the common MTL extension (Pr, Pm), textures are PNGs next to the .obj.
 """
 

@@ -264,12 +264,14 @@ def _define_material(stage: Any, root: Any, mat: Material, tex_dir: str, name: s
 # ----------------------------------------------------------------------------- reading
 
 
-def read_usd(path: str | os.PathLike[str], validate: bool = True) -> LayeredAsset:
+def read_usd(path: str | os.PathLike[str], validate: bool = True, up_axis: str | None = None) -> LayeredAsset:
     """Read a USD stage (composed) into a LayeredAsset in metres, +Z up.
 
     One part per UsdGeom.Mesh (triangulated by fan; named after the part recorded in
     customData, else the prim), with its world transform, UVs
     (``primvars:st``), display colours and its bound UsdPreviewSurface material.
+    The stage's metersPerUnit and upAxis are honoured; ``up_axis="Y"`` or ``"Z"``
+    overrides the upAxis of a stage that declares it wrongly.
     """
     from pxr import Usd, UsdGeom, UsdShade
 
@@ -282,7 +284,7 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True) -> LayeredAsse
         raise InputError(f"{path}: cannot open USD stage", "re-export it")
     scale = UsdGeom.GetStageMetersPerUnit(stage)
     fix = np.diag([scale, scale, scale, 1.0])
-    if UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.y:
+    if (up_axis or str(UsdGeom.GetStageUpAxis(stage))).upper() == "Y":
         fix = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64) @ fix
     cache = UsdGeom.XformCache()
     parts: list[Part] = []

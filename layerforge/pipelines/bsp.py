@@ -14,6 +14,7 @@ The math lives in :mod:`layerforge.models.bsp`; this module only wires stages.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from layerforge.assets.atomic import atomic_write_bytes, atomic_write_json
+from layerforge.assets.mesh_io import MESH_SUFFIXES
 from layerforge.errors import ConfigError, InputError, OutputError
 from layerforge.models.bsp.data import PreparedShape, denormalise, prepare_shape
 from layerforge.models.bsp.extract import extract_convexes, load_convexes, save_convexes
@@ -32,7 +34,6 @@ from layerforge.pipelines.rundir import sha256_json, sha256_path
 
 log = logging.getLogger("layerforge")
 
-MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
 
 
 def _mesh_files(src: Path) -> list[Path]:
@@ -52,10 +53,13 @@ def _shape_files(folder: Path) -> list[Path]:
 
 # ---- prepare --------------------------------------------------------------------------
 def prepare(ctx: StageContext) -> None:
-    from layerforge.assets.mesh_io import read_mesh
+    from layerforge.assets.mesh_io import read_mesh, up_axis_rule
 
     cfg = ctx.cfg.prepare
     files = _mesh_files(ctx.input(INPUT))
+    up_axis = str(ctx.cfg.input_up_axis)
+    for suffix in sorted({p.suffix.lower() for p in files}):  # the axis rule, once per format
+        log.info("input axes: %s", up_axis_rule(next(p for p in files if p.suffix.lower() == suffix), up_axis))
     out = ctx.output("shapes")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(str(ctx.cfg.out)) / ".cache" / "bsp_prepare"
@@ -65,9 +69,11 @@ def prepare(ctx: StageContext) -> None:
     for index, path in enumerate(ctx.progress(files, desc="voxelise")):
         name = path.stem if path.stem not in names else f"{path.stem}_{index}"
         names.add(name)
-        cached = cache / f"{sha256_path(path)[:32]}_{key}.npz"
+        mesh = read_mesh(path, up_axis=up_axis)
+        # keyed by the geometry as read (not the file's bytes), so a change of axis rule never reuses a stale shape
+        geometry = hashlib.sha256(mesh.vertices.astype(np.float32).tobytes() + mesh.faces.astype(np.int64).tobytes())
+        cached = cache / f"{geometry.hexdigest()[:32]}_{key}.npz"
         if not cached.exists():
-            mesh = read_mesh(path)
             prepare_shape(mesh.vertices, mesh.faces, seed=ctx.seed, counts=counts).save(cached)
         shutil.copyfile(cached, out / f"{name}.npz")
     ctx.record(shapes=len(files))
@@ -248,7 +254,7 @@ def export(ctx: StageContext) -> None:
         asset = LayeredAsset(path.stem, parts, metadata={"method": "BSP-Net", **metrics.get(path.stem, {})})
         export_asset(asset, staged, path.stem, formats=tuple(cfg.formats))
         if path.stem in originals:
-            original = read_mesh(originals[path.stem])
+            original = read_mesh(originals[path.stem], up_axis=str(ctx.cfg.input_up_axis))
             original.material = Material("input", base_color=[0.7, 0.7, 0.72])
             ref = LayeredAsset("input", [Part("input", original)])
             lo, hi = original.bounds()
@@ -263,11 +269,11 @@ def export(ctx: StageContext) -> None:
 
 
 STAGES = {
-    "prepare": Stage("prepare", prepare, needs=(INPUT,), makes=("shapes",), description="voxelise and sample the input mesh(es)"),
+    "prepare": Stage("prepare", prepare, needs=(INPUT,), makes=("shapes",), config_keys=("prepare", "input_up_axis"), description="voxelise and sample the input mesh(es)"),
     "fit": Stage("fit", fit, needs=("shapes",), makes=("model",), config_keys=("model", "fit"), description="optimise BSP-Net on the shape(s)"),
     "train": Stage("train", train, needs=("shapes",), makes=("model",), config_keys=("model", "train"), description="train the auto-encoder"),
     "infer": Stage("infer", infer, needs=("shapes",), makes=("model",), config_keys=("infer",), description="apply a trained model"),
     "extract": Stage("extract", extract, needs=("model", "shapes"), makes=("convexes",), description="convex polyhedra from planes"),
     "evaluate": Stage("evaluate", evaluate, needs=("convexes", "shapes"), makes=("metrics",), description="CD, NC, ECD, counts"),
-    "export": Stage("export", export, needs=(INPUT, "convexes", "shapes", "metrics"), config_keys=("export",), description="GLB/OBJ/USD/.blend + preview"),
+    "export": Stage("export", export, needs=(INPUT, "convexes", "shapes", "metrics"), config_keys=("export", "input_up_axis"), description="GLB/OBJ/USD/.blend + preview"),
 }

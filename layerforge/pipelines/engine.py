@@ -251,6 +251,11 @@ def _protect_existing(run_dir: RunDir, path: Path) -> None:
     log.warning("%s was not written by this run (or was edited since); kept it as %s", rel, backup.name)
 
 
+def _plain(value: Any) -> Any:
+    """A config node as plain Python (sections are containers, top-level options scalars)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.type == "cuda":
@@ -291,7 +296,7 @@ class Engine:
     # ---- hashing -------------------------------------------------------------------
     def config_hash(self, stage: Stage) -> str:
         """Hash of the config sections that decide a stage's result, plus the seed."""
-        sections = {k: OmegaConf.to_container(self.cfg[k], resolve=True) if k in self.cfg else None for k in stage.keys()}
+        sections = {k: _plain(self.cfg[k]) if k in self.cfg else None for k in stage.keys()}
         return sha256_json({"stage": stage.name, "seed": self.seed, "config": sections})
 
     def input_hash(self) -> str:
