@@ -102,3 +102,41 @@ def test_extract_256_convexes_fast() -> None:
     assert len(parts) == c
     assert all(trimesh.Trimesh(q.vertices, q.faces, process=False).is_watertight for q in parts[:16])
     assert elapsed < 3.0, elapsed  # ~0.5 s measured on the 2-core dev CPU; margin for load
+
+
+def _thin_disk(centre: np.ndarray, radius: float, half_height: float, sides: int) -> np.ndarray:
+    """Planes of a prism |z - cz| <= half_height round a regular ``sides``-gon of ``radius`` about ``centre``."""
+    a = np.arange(sides) * 2 * np.pi / sides
+    n = np.c_[np.cos(a), np.sin(a), np.zeros(sides)]
+    caps = [[0, 0, 1, -centre[2] - half_height], [0, 0, -1, centre[2] - half_height]]
+    return np.concatenate([np.c_[n, -(n @ centre) - radius], caps])
+
+
+def test_qhull_failures_are_counted_and_logged(caplog) -> None:
+    """Issue: convexes qhull fails on were dropped without being counted."""
+    centre = ex._grid(ex.SELECT_RES)[(32 * 64 + 32) * 64 + 32]  # a selection grid point: the disk is selected
+    # 1000 rim planes on a radius 1e-3 put rim vertices 6.3e-6 apart (< WELD_TOL): welding chains
+    # each cap's rim into one point, and qhull cannot hull the 2 points left. Its inscribed
+    # radius (2e-4) is above MIN_RADIUS, so this is a qhull failure, not a flat convex.
+    disk = _thin_disk(centre, 1e-3, 2e-4, 1000)
+    assert 2 * np.pi * 1e-3 / 1000 < ex.WELD_TOL and 2e-4 > ex.MIN_RADIUS
+    assert ex.chebyshev_centre(disk)[1] == pytest.approx(2e-4, rel=1e-6)
+    flat = np.array([[0, 0, 1.0, -centre[2]], [0, 0, -1.0, centre[2]]])  # z == cz: no interior
+    planes = np.concatenate([CUBE, disk, flat])
+    T = np.zeros((len(planes), 3))
+    T[:6, 0], T[6:6 + len(disk), 1], T[6 + len(disk):, 2] = 1.0, 1.0, 1.0
+    caplog.set_level("WARNING", logger="layerforge.models.bsp.extract")
+    parts = ex.extract_convexes(planes, T, name="disk_shape")
+    assert [p.index for p in parts] == [0]
+    assert isinstance(parts, list)  # call sites that treat it as a list keep working
+    assert parts.stats == ex.ExtractionStats(selected=3, extracted=1, no_interior=1, qhull_failed=1,
+                                             qhull_failed_indices=[1])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["bsp extract (disk_shape): qhull failed on 1 of 3 selected convexes (indices 1); they are left out"]
+
+
+def test_clean_extraction_reports_no_drops(caplog) -> None:
+    caplog.set_level("WARNING", logger="layerforge.models.bsp.extract")
+    parts = ex.extract_convexes(CUBE, np.ones((6, 1)))
+    assert parts.stats == ex.ExtractionStats(selected=1, extracted=1)
+    assert not caplog.records

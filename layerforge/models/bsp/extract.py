@@ -14,12 +14,19 @@ Each kept convex becomes a watertight triangle mesh with outward faces: qhull's 
 intersection (scipy ``HalfspaceIntersection``) from an interior point (the deepest inside
 grid point, or the Chebyshev centre by linear programming when no grid point is deep
 enough), then the convex hull of the welded vertices. Convexes with no interior (Chebyshev
-radius below ``MIN_RADIUS``) are dropped.
+radius below ``MIN_RADIUS``) are dropped, and so are those qhull fails on (``QhullError``);
+:func:`extract_convexes` counts both in ``parts.stats`` (:class:`ExtractionStats`) and logs a
+warning naming how many convexes qhull failed on.
+
+A known qhull failure: a convex with many planes round a thin rim (e.g. a disk of radius
+1e-3 cut by 1000 side planes, rim vertices 6e-6 apart) has its rim welded transitively into
+one point per cap (``WELD_TOL``), and the hull of the two points left is degenerate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -30,6 +37,8 @@ from scipy.spatial import ConvexHull, HalfspaceIntersection, QhullError
 from layerforge.assets.atomic import atomic_path
 from layerforge.models.bsp.network import T_THRESHOLD
 
+log = logging.getLogger(__name__)
+
 # modelAE.py test_bsp: selection grid size and "inside" threshold on h2.
 SELECT_RES = 64
 INSIDE_THRESHOLD = 0.01
@@ -39,6 +48,8 @@ BOUND = 0.55
 MIN_RADIUS = 1e-4
 # Vertices closer than this are welded (normalised units).
 WELD_TOL = 1e-5  # normalised units (bbox diagonal 1): 10 micrometres on a 1 m object
+# Convex indices named in the qhull-failure warning (the rest are in ExtractionStats).
+MAX_LOGGED_INDICES = 10
 
 
 @dataclasses.dataclass
@@ -48,6 +59,32 @@ class ConvexPart:
     index: int
     vertices: np.ndarray
     faces: np.ndarray
+
+
+@dataclasses.dataclass
+class ExtractionStats:
+    """What :func:`extract_convexes` did with one shape's convexes.
+
+    ``selected``: convexes the grid selection kept; ``extracted``: meshes made of them;
+    ``no_interior``: dropped for an inscribed radius below ``MIN_RADIUS`` (empty or flat
+    intersections, expected of a soft selection); ``qhull_failed``: dropped because qhull
+    raised on the half-space intersection or the hull (``qhull_failed_indices``: their convex
+    indices). ``selected == extracted + no_interior + qhull_failed``.
+    """
+
+    selected: int = 0
+    extracted: int = 0
+    no_interior: int = 0
+    qhull_failed: int = 0
+    qhull_failed_indices: list[int] = dataclasses.field(default_factory=list)
+
+
+class ConvexList(list[ConvexPart]):
+    """The list of :class:`ConvexPart` that :func:`extract_convexes` returns, with its ``stats``."""
+
+    def __init__(self, parts: list[ConvexPart] | None = None, stats: ExtractionStats | None = None) -> None:
+        super().__init__(parts or [])
+        self.stats = stats if stats is not None else ExtractionStats()
 
 
 def _grid(res: int) -> np.ndarray:
@@ -181,8 +218,22 @@ def convex_polyhedron(
 
     Returns:
         (vertices [V, 3] float64, faces [F, 3] int64) watertight with outward faces, or None
-        when the set is empty or has no interior (inscribed radius < MIN_RADIUS).
+        when the set is empty or has no interior (inscribed radius < MIN_RADIUS) or qhull
+        fails on it (:func:`extract_convexes` tells these apart).
     """
+    mesh, _ = _convex_polyhedron(planes, interior, bound)
+    return mesh
+
+
+# Why _convex_polyhedron made no mesh.
+NO_INTERIOR = "no_interior"
+QHULL_FAILED = "qhull_failed"
+
+
+def _convex_polyhedron(
+    planes: np.ndarray, interior: np.ndarray | None, bound: float
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """:func:`convex_polyhedron`, plus the reason (``NO_INTERIOR`` / ``QHULL_FAILED``) when it gives None."""
     hs = np.concatenate([np.asarray(planes, dtype=np.float64).reshape(-1, 4), _box_planes(bound)])
     norm = np.linalg.norm(hs[:, :3], axis=1)
     hs = hs[norm > 1e-12] / norm[norm > 1e-12, None]
@@ -192,13 +243,13 @@ def convex_polyhedron(
     if depth < 1e-3:
         interior, depth = chebyshev_centre(hs)
     if depth < MIN_RADIUS:
-        return None
+        return None, NO_INTERIOR
     try:
         verts = HalfspaceIntersection(hs, interior).intersections
         verts = weld_points(verts, WELD_TOL)
         hull = ConvexHull(verts)
     except QhullError:
-        return None
+        return None, QHULL_FAILED
     faces = hull.simplices.astype(np.int64)
     tri = verts[faces]
     normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -207,7 +258,7 @@ def convex_polyhedron(
     used = np.unique(faces)
     remap = np.full(len(verts), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
-    return verts[used], remap[faces]
+    return (verts[used], remap[faces]), None
 
 
 def extract_convexes(
@@ -216,7 +267,8 @@ def extract_convexes(
     res: int = SELECT_RES,
     drop_inside: bool = False,
     bound: float = BOUND,
-) -> list[ConvexPart]:
+    name: str | None = None,
+) -> ConvexList:
     """Meshes of BSP-Net's active convexes, in the normalised frame.
 
     Args:
@@ -225,23 +277,39 @@ def extract_convexes(
         res: selection grid resolution (authors: 64).
         drop_inside: drop convexes covered by the union of the others.
         bound: half-size of the clipping box.
+        name: the shape's name, for the warning.
 
     Returns:
-        one :class:`ConvexPart` per kept convex, in increasing convex index.
+        one :class:`ConvexPart` per kept convex, in increasing convex index, as a
+        :class:`ConvexList` (a plain list with ``.stats``, an :class:`ExtractionStats` that
+        counts the convexes dropped for no interior and those qhull failed on).
     """
     planes = np.asarray(planes, dtype=np.float64)
     T = np.asarray(T)
     inside = convex_inside_cells(planes, T, res)
     grid = _grid(res)
-    parts = []
+    parts = ConvexList()
+    stats = parts.stats
     for i in select_convexes(inside, drop_inside):
+        stats.selected += 1
         own = planes[T[:, i] > T_THRESHOLD]
         cand = grid[inside[i]]
         unit = own / np.linalg.norm(own[:, :3], axis=1, keepdims=True).clip(1e-12)
         depth = -(cand @ unit[:, :3].T + unit[:, 3]).max(axis=1) if len(own) else np.ones(len(cand))
-        mesh = convex_polyhedron(own, cand[np.argmax(depth)], bound)
+        mesh, reason = _convex_polyhedron(own, cand[np.argmax(depth)], bound)
         if mesh is not None:
             parts.append(ConvexPart(index=int(i), vertices=mesh[0], faces=mesh[1]))
+        elif reason == QHULL_FAILED:
+            stats.qhull_failed += 1
+            stats.qhull_failed_indices.append(int(i))
+        else:
+            stats.no_interior += 1
+    stats.extracted = len(parts)
+    if stats.qhull_failed:
+        shown = ", ".join(map(str, stats.qhull_failed_indices[:MAX_LOGGED_INDICES]))
+        more = "" if stats.qhull_failed <= MAX_LOGGED_INDICES else ", ..."
+        log.warning("bsp extract%s: qhull failed on %d of %d selected convexes (indices %s%s); they are left out",
+                    f" ({name})" if name else "", stats.qhull_failed, stats.selected, shown, more)
     return parts
 
 
