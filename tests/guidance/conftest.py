@@ -59,10 +59,12 @@ def _text_encoder(vocab_size: int):
 def _unet(in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
+    # Stable Diffusion's topology in miniature: 4 levels, 3 stride-2 downsamplings (so the total
+    # stride is 8 latent pixels, as in SD 1.x/2.x), cross-attention in the first three.
     return UNet2DConditionModel(
         sample_size=LATENT, in_channels=in_channels, out_channels=4, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, norm_num_groups=4,
+        block_out_channels=(8, 8, 16, 16), down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=16, norm_num_groups=4,
         attention_head_dim=2,
     )
 
