@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,20 +48,37 @@ def _resolve_input(raw: object) -> Path | None:
     return path.resolve()
 
 
+def resume_command(pipeline: str, overrides: list[str], run_name: str) -> str:
+    """The command that continues this run: the same overrides, with ``run=`` pinned."""
+    kept = [o for o in overrides if not o.startswith("run=")]
+    return shlex.join(["layerforge", "run", pipeline, *kept, f"run={run_name}"])
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a scheduler's or `kill`'s) stops a run like Ctrl-C: recorded, checkpoint kept, resumable."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from layerforge.pipelines import registry
     from layerforge.pipelines.engine import Engine, format_plan, resolve_device
     from layerforge.pipelines.rundir import RunDir
+    from layerforge.pipelines.schema import validate_config
 
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("quiet=true")
     cfg = registry.load_config(args.pipeline, overrides)
     pipeline = registry.build(cfg)
+    validate_config(pipeline, cfg)  # every bad value fails before any folder is made
     input_path = _resolve_input(cfg.get("input"))
-    resolve_device(str(cfg.device))  # a bad device= fails before any folder is made
+    resolve_device(str(cfg.device))
     run_name = str(cfg.run) if cfg.get("run") else time.strftime("%Y%m%d-%H%M%S")
     root = Path(str(cfg.out)) / pipeline.name / run_name
+    command = resume_command(args.pipeline, list(args.overrides) + (["--quiet"] if args.quiet else []), run_name)
     if args.dry_run:
         run_dir = RunDir.open(root, pipeline.name) if (root / "manifest.json").exists() else RunDir(root, {"stages": {}, "exports": {}})
         engine = Engine(pipeline, cfg, run_dir, input_path)
@@ -67,20 +86,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_plan(engine.plan(args.force)))
         return 0
     run_dir = RunDir.open(root, pipeline.name)
-    _setup_logging(run_dir.log_path, bool(cfg.quiet))
-    from omegaconf import OmegaConf
-
-    from layerforge.assets.atomic import atomic_write_text
-
-    atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg))
-    log.info("%s run '%s' -> %s", pipeline.name, run_name, root)
-    engine = Engine(pipeline, cfg, run_dir, input_path)
+    engine = Engine(pipeline, cfg, run_dir, input_path, command=command)
+    _interrupt_on_sigterm()
     try:
-        engine.run(force=args.force)
+        with run_dir.locked():  # before anything is written: a second command changes nothing
+            _setup_logging(run_dir.log_path, bool(cfg.quiet))
+            from omegaconf import OmegaConf
+
+            from layerforge.assets.atomic import atomic_write_text
+
+            atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg))
+            log.info("%s run '%s' -> %s", pipeline.name, run_name, root)
+            engine.run(force=args.force)
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with: {command}", file=sys.stderr)
+        return 130
     except LayerforgeError:
         raise
     except Exception as err:  # a bug or an environment problem: keep the traceback in the log
-        log.exception("stage failed")
+        log.debug("stage failed", exc_info=True)
         print(
             f"error: a stage failed with {type(err).__name__}: {err}; the traceback is in {run_dir.log_path}",
             file=sys.stderr,
@@ -114,11 +138,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from layerforge.pipelines.rundir import load_manifest
 
+    from layerforge.pipelines.rundir import RunLock
+
     manifest = load_manifest(args.run_dir)
     root = Path(args.run_dir)
     print(f"{manifest.get('pipeline')} run '{manifest.get('run')}' (seed {manifest.get('seed')}, device {manifest.get('device')})")
     print(f"{'stage':<12} {'status':<12} {'wall s':>9} {'peak MB':>9}  figures")
-    for name, entry in manifest.get("stages", {}).items():
+    stages = manifest.get("stages", {})
+    order = [n for n in manifest.get("stage_order", []) if n in stages] + [n for n in stages if n not in manifest.get("stage_order", [])]
+    live = RunLock(root).holder() is not None
+    interrupted = False
+    for name in order:
+        entry = dict(stages[name])
+        if entry.get("status") == "running" and not live:  # nobody holds the run: it was killed
+            entry["status"] = "interrupted"
+        interrupted |= entry.get("status") in ("interrupted", "failed")
         figures = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in (entry.get("metrics") or {}).items())
         print(
             f"{name:<12} {entry.get('status', '?'):<12} {entry.get('wall_s', float('nan')):>9.2f} "
@@ -126,6 +160,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         if entry.get("error"):
             print(f"{'':<12} error: {entry['error']}")
+        for item, message in (entry.get("failed_items") or {}).items():
+            print(f"{'':<12} failed item {item}: {message}")
+    if interrupted and manifest.get("command"):
+        print(f"resume with: {manifest['command']}")
     exports = sorted(manifest.get("exports", {}))
     if exports:
         try:
@@ -175,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        print("interrupted; re-run the same command (with run=NAME) to resume", file=sys.stderr)
         return 130
 
 

@@ -36,3 +36,11 @@ class NonFiniteError(LayerforgeError):
 
 class OutputError(LayerforgeError):
     """An output folder cannot be written."""
+
+
+class RunBusyError(LayerforgeError):
+    """Another live process is writing the same run folder."""
+
+
+class PartialRunError(LayerforgeError):
+    """Some items of a run (meshes of a folder, objects of a scene) failed; the others were delivered."""

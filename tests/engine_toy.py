@@ -59,6 +59,30 @@ def export(ctx: StageContext) -> None:
     ctx.record(n_values=len(text.split()))
 
 
+def constant(ctx: StageContext) -> None:
+    """Another mode's stage that also makes ``weights``: all zeros."""
+    torch.save({"w": torch.zeros(1, 1), "b": torch.zeros(1)}, ctx.output("weights", ".pt"))
+
+
+def per_item(ctx: StageContext) -> None:
+    """One file per input number; a number listed in ``items.bad`` fails, ``items.sleep`` slows each."""
+    out = ctx.output("items")
+    out.mkdir(parents=True, exist_ok=True)
+    values = ctx.input(INPUT).read_text().split()
+
+    def work(value: str) -> None:
+        if value in [str(b) for b in ctx.stage_cfg.bad]:
+            from layerforge.errors import InputError
+
+            raise InputError(f"item {value} is bad", "remove it")
+        time.sleep(float(ctx.stage_cfg.sleep))
+        with open(ctx.folder / "calls.txt", "a") as f:
+            f.write(value + "\n")
+        (out / f"{value}.txt").write_text(value)
+
+    ctx.each(values, work)
+
+
 PIPELINE = Pipeline(
     "toy",
     (
@@ -67,22 +91,28 @@ PIPELINE = Pipeline(
         Stage("export", export, needs=("weights",), config_keys=()),
     ),
 )
+CONSTANT = Pipeline("toy", (PIPELINE.stages[0], Stage("constant", constant, needs=("numbers",), makes=("weights",)),
+                            PIPELINE.stages[2]))
+ITEMS = Pipeline("toy", (Stage("items", per_item, needs=(INPUT,), makes=("items",)),))
 
 DEFAULTS = {
     "seed": 0,
     "device": "cpu",
     "quiet": True,
     "load": {"scale": 1.0},
-    "train": {"steps": 60, "every": 10, "lr": 0.05, "sleep": 0.0, "fail_at": -1, "loss_scale": 1.0},
+    "train": {"steps": 60, "every": 10, "lr": 0.05, "sleep": 0.0, "fail_at": -1, "loss_scale": 1.0, "init_file": None},
+    "items": {"bad": [], "sleep": 0.0},
 }
 
 
-def make_engine(run_dir: Path, input_path: Path, overrides: list[str] = ()) -> Engine:
+def make_engine(run_dir: Path, input_path: Path, overrides: list[str] = (), pipeline: Pipeline = PIPELINE) -> Engine:
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(list(overrides)))
-    return Engine(PIPELINE, cfg, RunDir.open(run_dir, "toy"), input_path)
+    command = " ".join(["python", "tests/engine_toy.py", str(run_dir), str(input_path), *overrides])
+    return Engine(pipeline, cfg, RunDir.open(run_dir, "toy"), input_path, command=command)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    engine = make_engine(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])
+    chosen = {"items": ITEMS, "constant": CONSTANT}.get(os.environ.get("TOY_PIPELINE", ""), PIPELINE)
+    engine = make_engine(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:], pipeline=chosen)
     engine.run(force=os.environ.get("TOY_FORCE"))

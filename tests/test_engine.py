@@ -73,7 +73,7 @@ def test_missing_output_reruns(tmp_path, numbers):
     (run / "stages" / "train" / "weights.pt").unlink()
     decisions = make_engine(run, numbers).run()
     assert _ran(decisions) == ["train", "export"]
-    assert decisions[1].reason == "its outputs are missing"
+    assert decisions[1].reason == "its output 'weights' is missing"
 
 
 def test_manifest_contents(tmp_path, numbers):

@@ -29,8 +29,19 @@ from layerforge.errors import ConfigError, InputError, OutputError
 from layerforge.models.bsp.data import PreparedShape, denormalise, prepare_shape
 from layerforge.models.bsp.extract import extract_convexes, load_convexes, save_convexes
 from layerforge.models.bsp.network import BSPConfig, BSPNet, load_model, save_model
-from layerforge.pipelines.engine import INPUT, Stage, StageContext
-from layerforge.pipelines.rundir import sha256_json, sha256_path
+from layerforge.pipelines.bsp_config import (
+    EvaluateConfig,
+    ExportConfig,
+    ExtractConfig,
+    FitConfig,
+    InferConfig,
+    ModelConfig,
+    PrepareConfig,
+    TrainConfig,
+)
+from layerforge.pipelines.context import StageContext
+from layerforge.pipelines.rundir import sha256_json
+from layerforge.pipelines.stage import INPUT, Stage
 
 log = logging.getLogger("layerforge")
 
@@ -51,11 +62,19 @@ def _shape_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.npz"))
 
 
+def _shape_names(files: list[Path]) -> dict[Path, str]:
+    """A unique shape name per input file: its stem, numbered when two files share one."""
+    names: dict[Path, str] = {}
+    for index, path in enumerate(files):
+        names[path] = path.stem if path.stem not in names.values() else f"{path.stem}_{index}"
+    return names
+
+
 # ---- prepare --------------------------------------------------------------------------
 def prepare(ctx: StageContext) -> None:
     from layerforge.assets.mesh_io import read_mesh, up_axis_rule
 
-    cfg = ctx.cfg.prepare
+    cfg: PrepareConfig = ctx.typed("prepare")
     files = _mesh_files(ctx.input(INPUT))
     up_axis = str(ctx.cfg.input_up_axis)
     for suffix in sorted({p.suffix.lower() for p in files}):  # the axis rule, once per format
@@ -63,56 +82,55 @@ def prepare(ctx: StageContext) -> None:
     out = ctx.output("shapes")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(str(ctx.cfg.out)) / ".cache" / "bsp_prepare"
-    counts = {int(k): int(v) for k, v in cfg.point_counts.items()}
-    key = sha256_json({"counts": counts, "seed": ctx.seed})[:16]
-    names: set[str] = set()
-    for index, path in enumerate(ctx.progress(files, desc="voxelise")):
-        name = path.stem if path.stem not in names else f"{path.stem}_{index}"
-        names.add(name)
+    key = sha256_json({"counts": cfg.point_counts, "seed": ctx.seed})[:16]
+    names = _shape_names(files)
+
+    def voxelise(path: Path) -> None:
         mesh = read_mesh(path, up_axis=up_axis)
         # keyed by the geometry as read (not the file's bytes), so a change of axis rule never reuses a stale shape
         geometry = hashlib.sha256(mesh.vertices.astype(np.float32).tobytes() + mesh.faces.astype(np.int64).tobytes())
         cached = cache / f"{geometry.hexdigest()[:32]}_{key}.npz"
         if not cached.exists():
-            prepare_shape(mesh.vertices, mesh.faces, seed=ctx.seed, counts=counts).save(cached)
-        shutil.copyfile(cached, out / f"{name}.npz")
-    ctx.record(shapes=len(files))
+            prepare_shape(mesh.vertices, mesh.faces, seed=ctx.seed, counts=cfg.point_counts).save(cached)
+        shutil.copyfile(cached, out / f"{names[path]}.npz")
+
+    done = ctx.each(files, voxelise, key=lambda p: p.name, desc="voxelise")
+    ctx.record(shapes=len(done), bad_shapes=len(files) - len(done))
 
 
 # ---- fit / train / infer --------------------------------------------------------------
-def _model_config(ctx: StageContext, n_shapes: int):
-
-    m = ctx.cfg.model
+def _model_config(ctx: StageContext, n_shapes: int) -> BSPConfig:
+    m: ModelConfig = ctx.typed("model")
     p = m.p
     if p is None:
-        if str(ctx.cfg.mode) != "fit" or ctx.cfg.fit.init != "kdop":
+        fit: FitConfig | None = ctx.typed_cfg.get("fit")
+        if fit is None or fit.init != "kdop":
             raise ConfigError("model.p is unset", "set model.p (the paper uses 4096) or use mode=fit with fit.init=kdop")
-        p = 2 * int(ctx.cfg.fit.kdop_directions) * int(m.c)
-    return BSPConfig(ef_dim=int(m.ef_dim), p=int(p), c=int(m.c), z_dim=int(m.z_dim), dec_dims=tuple(m.dec_dims), n_shapes=n_shapes)
+        p = 2 * fit.kdop_directions * m.c
+    return BSPConfig(ef_dim=m.ef_dim, p=p, c=m.c, z_dim=m.z_dim, dec_dims=tuple(m.dec_dims), n_shapes=n_shapes)
 
 
-def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, section: str, tag: str) -> None:
+def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, cfg: FitConfig | TrainConfig, tag: str) -> None:
     """Run the config's phase/resolution schedule on ``model`` (checkpointed per schedule entry)."""
     from layerforge.models.bsp.training import fit_points, make_optimizer, stack_prepared, train_step
 
-    cfg = ctx.cfg[section]
     encoder = model.encoder is not None
-    optim = make_optimizer(model, {"lr": float(cfg.lr), "lr_tw": float(cfg.get("lr_tw", cfg.lr)), "beta1": float(cfg.beta1)})
+    optim = make_optimizer(model, {"lr": cfg.lr, "lr_tw": cfg.lr if cfg.lr_tw is None else cfg.lr_tw, "beta1": cfg.beta1})
     gen = torch.Generator().manual_seed(ctx.seed)
-    per_batch = min(int(cfg.get("shapes_per_batch", len(shapes))), len(shapes))
+    per_batch = min(getattr(cfg, "shapes_per_batch", len(shapes)), len(shapes))
     for i, entry in enumerate(cfg.schedule):
-        phase, res, steps = int(entry.phase), int(entry.resolution), int(entry.steps)
+        phase, res, steps = entry.phase, entry.resolution, entry.steps
         data = {k: v.to(ctx.device) for k, v in stack_prepared(shapes, res).items()}
         loop = ctx.loop(
             total=steps,
             state={"model": model, "optim": optim, "gen": gen},
-            every=int(cfg.checkpoint_every),
+            every=cfg.checkpoint_every,
             subfolder=f"{tag}{i}_phase{phase}_{res}",
             desc=f"{tag}phase {phase} @{res}",
         )
         for _ in loop:
             idx = torch.randperm(len(shapes), generator=gen)[:per_batch] if per_batch < len(shapes) else None
-            batch = fit_points(data, int(cfg.points_per_step), gen, shape_idx=idx, with_voxels=encoder)
+            batch = fit_points(data, cfg.points_per_step, gen, shape_idx=idx, with_voxels=encoder)
             loop.log(**train_step(model, optim, {k: v.to(ctx.device) for k, v in batch.items()}, phase))
         ctx.record(**{f"{tag}{i}_phase{phase}_{res}_{k}": v for k, v in loop.last_scalars.items()})
 
@@ -120,26 +138,26 @@ def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, section: 
 def fit(ctx: StageContext) -> None:
     from layerforge.models.bsp.init import initialise_from_planes, kdop_planes, train_planes_only
 
-    cfg = ctx.cfg.fit
+    cfg: FitConfig = ctx.typed("fit")
     out = ctx.output("model")
     out.mkdir(parents=True, exist_ok=True)
     files = _shape_files(ctx.input("shapes"))
-    for path in files:  # fit mode: one network per shape, each with its own single code
+
+    def fit_one(path: Path) -> None:  # fit mode: one network per shape, each with its own single code
         shape = PreparedShape.load(path)
         model = BSPNet(_model_config(ctx, n_shapes=1)).to(ctx.device)
         if cfg.init == "kdop":
             res = shape.voxels.shape[0]
-            planes, T = kdop_planes(
-                shape.voxels, model.cfg.c, int(cfg.kdop_directions), plane_scale=res * float(cfg.kdop_h1_per_voxel), seed=ctx.seed
-            )
+            planes, T = kdop_planes(shape.voxels, model.cfg.c, cfg.kdop_directions, plane_scale=res * cfg.kdop_h1_per_voxel,
+                                    seed=ctx.seed)
             initialise_from_planes(model, planes, T)
-        elif cfg.init != "random":
-            raise ConfigError(f"unknown fit.init '{cfg.init}'", "use fit.init=kdop or fit.init=random")
         if cfg.planes_only:
             train_planes_only(model)
-        _optimise(ctx, model, [shape], "fit", tag=f"{path.stem}/" if len(files) > 1 else "")
-        save_model(out / f"{path.stem}.pt", model, mode="fit", phase=int(cfg.schedule[-1].phase))
-    ctx.record(shapes=len(files))
+        _optimise(ctx, model, [shape], cfg, tag=f"{path.stem}/" if len(files) > 1 else "")
+        save_model(out / f"{path.stem}.pt", model, mode="fit", phase=cfg.schedule[-1].phase)
+
+    done = ctx.each(files, fit_one, key=lambda p: p.stem, desc="shapes")
+    ctx.record(shapes=len(done))
 
 
 def train(ctx: StageContext) -> None:
@@ -147,13 +165,14 @@ def train(ctx: StageContext) -> None:
     shapes = [PreparedShape.load(p) for p in _shape_files(ctx.input("shapes"))]
     out = ctx.output("model")
     out.mkdir(parents=True, exist_ok=True)
+    cfg: TrainConfig = ctx.typed("train")
     model = BSPNet(_model_config(ctx, n_shapes=0)).to(ctx.device)
-    _optimise(ctx, model, shapes, "train", tag="")
-    save_model(out / "model.pt", model, mode="train", phase=int(ctx.cfg.train.schedule[-1].phase))
+    _optimise(ctx, model, shapes, cfg, tag="")
+    save_model(out / "model.pt", model, mode="train", phase=cfg.schedule[-1].phase)
 
 
 def infer(ctx: StageContext) -> None:
-    ckpt_path = ctx.cfg.infer.checkpoint
+    ckpt_path = ctx.typed("infer").checkpoint
     if not ckpt_path or not Path(str(ckpt_path)).is_file():
         raise InputError(
             f"infer mode needs a trained model, got infer.checkpoint={ckpt_path}",
@@ -172,34 +191,39 @@ def infer(ctx: StageContext) -> None:
 def extract(ctx: StageContext) -> None:
     from layerforge.models.bsp.training import shape_planes
 
-    cfg = ctx.cfg.extract
+    cfg: ExtractConfig = ctx.typed("extract")
     models = ctx.input("model")
     out = ctx.output("convexes")
     out.mkdir(parents=True, exist_ok=True)
-    counts = {}
+    counts, failed = {}, {}
     shared = load_model(models / "model.pt")[0] if (models / "model.pt").exists() else None
-    for path in ctx.progress(_shape_files(ctx.input("shapes")), desc="convexes"):
+
+    def extract_one(path: Path) -> None:
         shape = PreparedShape.load(path)
         if shared is not None:
             planes, T = shape_planes(shared, voxels=torch.from_numpy(shape.voxels[None, None]).float())
         else:
             planes, T = shape_planes(load_model(models / f"{path.stem}.pt")[0], shape_idx=0)
-        parts = extract_convexes(planes, T, res=int(cfg.grid_resolution), drop_inside=bool(cfg.drop_inner))
+        parts = extract_convexes(planes, T, res=cfg.grid_resolution, drop_inside=cfg.drop_inner)
         save_convexes(out / path.name, parts)
         counts[path.stem] = len(parts)
-    ctx.record(convexes=sum(counts.values()))
+        failed[path.stem] = parts.stats.qhull_failed
+
+    shapes = [p for p in _shape_files(ctx.input("shapes")) if (models / "model.pt").exists() or (models / f"{p.stem}.pt").exists()]
+    ctx.each(shapes, extract_one, key=lambda p: p.stem, desc="convexes")
+    ctx.record(convexes=sum(counts.values()), qhull_failed=sum(failed.values()))
 
 
 # ---- evaluate ---------------------------------------------------------------------------
 def evaluate(ctx: StageContext) -> None:
     from layerforge.models.bsp.evaluation import evaluate_decomposition
 
-    cfg = ctx.cfg.evaluate
+    cfg: EvaluateConfig = ctx.typed("evaluate")
     results = {}
     for path in ctx.progress(_shape_files(ctx.input("convexes")), desc="metrics"):
         shape = PreparedShape.load(ctx.input("shapes") / path.name)
         results[path.stem] = evaluate_decomposition(
-            load_convexes(path), shape.mesh_vertices, shape.mesh_faces, int(cfg.samples), int(cfg.edge_samples), seed=ctx.seed
+            load_convexes(path), shape.mesh_vertices, shape.mesh_faces, cfg.samples, cfg.edge_samples, seed=ctx.seed
         )
     atomic_write_json(ctx.output("metrics", ".json"), results)
     if len(results) == 1:
@@ -221,13 +245,28 @@ def _palette(n: int) -> np.ndarray:
     return np.array([colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95) for i in range(n)], np.float32) ** 2.2
 
 
+def part_name(shape: str, index: int, count: int, naming: str) -> str:
+    """Name of convex ``index`` of ``count`` for shape ``shape`` under a game engine's collision convention.
+
+    ``ue``: ``UCX_<shape>_NN`` (Unreal's FBX/glTF importer makes each a convex collision hull
+    of the mesh ``<shape>``); ``godot``: ``<shape>_NN-convcolonly`` (Godot's scene importer
+    makes a convex collision shape and no visible mesh); ``none``: ``convex_NNN``.
+    """
+    digits = max(2, len(str(count - 1)))
+    if naming == "ue":
+        return f"UCX_{shape}_{index:0{digits}d}"
+    if naming == "godot":
+        return f"{shape}_{index:0{digits}d}-convcolonly"
+    return f"convex_{index:03d}"
+
+
 def export(ctx: StageContext) -> None:
     from layerforge.assets.export import export_asset
     from layerforge.assets.mesh_io import read_mesh
     from layerforge.assets.types import LayeredAsset, Material, Mesh, Part, texture_to_png
     from layerforge.renderers.preview import render_asset_views, side_by_side
 
-    cfg = ctx.cfg.export
+    cfg: ExportConfig = ctx.typed("export")
     staged = ctx.folder / "staged"
     metrics = json.loads(ctx.input("metrics").read_text())
     if not any(m.get("convexes") for m in metrics.values()):
@@ -235,7 +274,7 @@ def export(ctx: StageContext) -> None:
             "the model produced no convex for any shape, so there is nothing to export",
             "train longer or with a higher lr (train.schedule, train.lr), or use mode=fit",
         )
-    originals = {p.stem: p for p in _mesh_files(ctx.input(INPUT))}
+    originals = {name: p for p, name in _shape_names(_mesh_files(ctx.input(INPUT))).items()}
     previews = []
     for path in _shape_files(ctx.input("convexes")):
         shape = PreparedShape.load(ctx.input("shapes") / path.name)
@@ -249,8 +288,9 @@ def export(ctx: StageContext) -> None:
         for i, part in enumerate(convexes):
             world = denormalise(part.vertices, centre, scale).astype(np.float32)  # back to the input's units
             f = part.faces
+            name = part_name(path.stem, i, len(convexes), cfg.collision_naming)
             mat = Material(f"convex_{i:03d}", base_color=colors[i], roughness=0.6)
-            parts.append(Part(f"convex_{i:03d}", Mesh(world, f, material=mat), layer="convexes", metadata={"convex": i}))
+            parts.append(Part(name, Mesh(world, f, material=mat), layer="convexes", metadata={"convex": i}))
         asset = LayeredAsset(path.stem, parts, metadata={"method": "BSP-Net", **metrics.get(path.stem, {})})
         export_asset(asset, staged, path.stem, formats=tuple(cfg.formats))
         if path.stem in originals:
@@ -269,11 +309,18 @@ def export(ctx: StageContext) -> None:
 
 
 STAGES = {
-    "prepare": Stage("prepare", prepare, needs=(INPUT,), makes=("shapes",), config_keys=("prepare", "input_up_axis"), description="voxelise and sample the input mesh(es)"),
-    "fit": Stage("fit", fit, needs=("shapes",), makes=("model",), config_keys=("model", "fit"), description="optimise BSP-Net on the shape(s)"),
-    "train": Stage("train", train, needs=("shapes",), makes=("model",), config_keys=("model", "train"), description="train the auto-encoder"),
-    "infer": Stage("infer", infer, needs=("shapes",), makes=("model",), config_keys=("infer",), description="apply a trained model"),
-    "extract": Stage("extract", extract, needs=("model", "shapes"), makes=("convexes",), description="convex polyhedra from planes"),
-    "evaluate": Stage("evaluate", evaluate, needs=("convexes", "shapes"), makes=("metrics",), description="CD, NC, ECD, counts"),
-    "export": Stage("export", export, needs=(INPUT, "convexes", "shapes", "metrics"), config_keys=("export", "input_up_axis"), description="GLB/OBJ/USD/.blend + preview"),
+    "prepare": Stage("prepare", prepare, needs=(INPUT,), makes=("shapes",), config_keys=("prepare", "input_up_axis"),
+                     schemas={"prepare": PrepareConfig}, description="voxelise and sample the input mesh(es)"),
+    "fit": Stage("fit", fit, needs=("shapes",), makes=("model",), config_keys=("model", "fit"),
+                 schemas={"model": ModelConfig, "fit": FitConfig}, description="optimise BSP-Net on the shape(s)"),
+    "train": Stage("train", train, needs=("shapes",), makes=("model",), config_keys=("model", "train"),
+                   schemas={"model": ModelConfig, "train": TrainConfig}, description="train the auto-encoder"),
+    "infer": Stage("infer", infer, needs=("shapes",), makes=("model",), config_keys=("infer",),
+                   schemas={"infer": InferConfig}, description="apply a trained model"),
+    "extract": Stage("extract", extract, needs=("model", "shapes"), makes=("convexes",),
+                     schemas={"extract": ExtractConfig}, description="convex polyhedra from planes"),
+    "evaluate": Stage("evaluate", evaluate, needs=("convexes", "shapes"), makes=("metrics",),
+                      schemas={"evaluate": EvaluateConfig}, description="CD, NC, ECD, counts"),
+    "export": Stage("export", export, needs=(INPUT, "convexes", "shapes", "metrics"), config_keys=("export", "input_up_axis"),
+                    schemas={"export": ExportConfig}, description="GLB/OBJ/USD/.blend + preview"),
 }

@@ -69,6 +69,18 @@ def _load_state(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
+def _first_non_finite(tree: Any, prefix: str = "") -> str | None:
+    """Dotted name of the first floating-point tensor in a nested state holding NaN/Inf, or None."""
+    if isinstance(tree, torch.Tensor):
+        return prefix if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 class TrainingLoop:
     """An iterator over optimisation steps that checkpoints, resumes and watches for NaN.
 
@@ -127,12 +139,21 @@ class TrainingLoop:
         return int(ckpt["step"])
 
     def save(self, step: int) -> None:
-        """Write a checkpoint for ``step`` completed steps, atomically."""
-        payload = {
-            "step": step,
-            "objects": {name: _state_of(obj) for name, obj in self.state.items()},
-            "rng": _capture_rng(),
-        }
+        """Write a checkpoint for ``step`` completed steps, atomically.
+
+        Raises:
+            NonFiniteError: a parameter or optimiser state holds NaN/Inf (the loss was still
+                finite, the update was not); the last good checkpoint is left in place.
+        """
+        objects = {name: _state_of(obj) for name, obj in self.state.items()}
+        bad = _first_non_finite(objects)
+        if bad is not None:
+            where = f"last good checkpoint: step {self._saved_step()} in {self.path}" if self.path.exists() else "no checkpoint yet"
+            raise NonFiniteError(
+                f"{self.desc}: {bad} holds NaN/Inf after step {step} ({where})",
+                "lower the learning rate or check the input for degenerate geometry, then re-run to resume",
+            )
+        payload = {"step": step, "objects": objects, "rng": _capture_rng()}
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
         if self._on_checkpoint is not None:

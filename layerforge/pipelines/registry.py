@@ -41,6 +41,27 @@ def _explain(err: Exception, name: str) -> str:
     return text
 
 
+def quote_value(override: str) -> str:
+    """``key=value`` as Hydra's override grammar reads it, quoting a plain value it cannot lex.
+
+    Hydra's unquoted values take only ASCII letters, digits and a few symbols, so a path with
+    a space or a letter such as ``ü`` (``input=/data/ünï/stühl.obj``) fails its lexer; such a
+    value is passed quoted, as the user meant it. Lists, dicts and quoted values pass as given.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, _, value = override.partition("=")
+    if not value or value[0] in "[{'\"":
+        return override
+    try:
+        OverridesParser.create().parse_overrides([override])
+        return override
+    except HydraException:
+        pass
+    quote = "'" if "'" not in value else '"'
+    return f"{key}={quote}{value.replace(quote, chr(92) + quote)}{quote}"
+
+
 def load_config(name: str, overrides: list[str]) -> DictConfig:
     """Compose the config of pipeline ``name`` with Hydra ``overrides`` (``key=value``).
 
@@ -52,6 +73,7 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value", "write it as key=value, e.g. seed=1")
+    overrides = [quote_value(o) for o in overrides]
     _register_resolvers()
     GlobalHydra.instance().clear()
     try:

@@ -15,19 +15,27 @@ written last, says so.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerforge.assets.atomic import atomic_write_json
-from layerforge.errors import InputError, OutputError
+from layerforge.errors import InputError, OutputError, RunBusyError
+
+log = logging.getLogger("layerforge")
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 _HASH_CHUNK = 1 << 20
 
 
@@ -52,6 +60,18 @@ def sha256_path(path: Path) -> str:
             h.update(sha256_file(p).encode())
         return h.hexdigest()
     raise InputError(f"{path} does not exist", "check the path")
+
+
+def stamp(path: Path) -> list[int]:
+    """Cheap fingerprint of a file or folder: [total bytes, newest mtime in ns, file count].
+
+    Equal stamps are taken as unchanged content (what ``make`` trusts); a different stamp
+    sends the caller to the SHA-256.
+    """
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())
+    stats = [f.stat() for f in files]
+    return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0), len(stats)]
 
 
 def sha256_json(obj: Any) -> str:
@@ -79,12 +99,92 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run folder: one writer per run.
+
+    ``<run>/.lock`` holds the holder's pid, host and start time while it is held; the lock
+    itself is an ``flock`` on that file, so the kernel frees it when the holder dies (even by
+    SIGKILL), and a later run takes it over and says so.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / LOCK
+        self._fd: int | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now (pid, host, since), or None if nobody does."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _read_holder(fd) or {"pid": "?", "host": "?", "since": "?"}
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunBusyError` naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd) or {}
+            os.close(fd)
+            raise RunBusyError(
+                f"run folder {self.path.parent} is in use by pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+                f" (since {holder.get('since', '?')})",
+                "wait for that run to finish, or pick another run=NAME",
+            ) from None
+        stale = _read_holder(fd)
+        if stale:
+            gone = stale.get("host") != socket.gethostname() or not _alive(int(stale.get("pid", -1)))
+            log.warning("run folder %s: taking over the lock left by pid %s on %s%s", self.path.parent,
+                        stale.get("pid"), stale.get("host"), " (that process is gone)" if gone else "")
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me, 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)  # an empty lock file is a clean hand-over, not a stale lock
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    raw = os.pread(fd, 4096, 0)
+    try:
+        return json.loads(raw) if raw.strip() else None
+    except json.JSONDecodeError:
+        return {"pid": "?", "host": "?", "since": "?"}
+
+
 @dataclass
 class RunDir:
-    """Paths and manifest of one run. Create with :meth:`open`."""
+    """Paths and manifest of one run. Create with :meth:`open`; write only inside :meth:`locked`."""
 
     root: Path
     manifest: dict[str, Any] = field(default_factory=dict)
+    _lock: RunLock | None = field(default=None, repr=False)
+    _lock_depth: int = field(default=0, repr=False)
+    _pipeline: str = field(default="", repr=False)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], pipeline: str) -> RunDir:
@@ -107,25 +207,51 @@ class RunDir:
                 "choose a writable folder with out=DIR",
             ) from None
         run = cls(root=root)
-        if (root / MANIFEST).exists():
+        run._pipeline = pipeline
+        run.reload()
+        return run
+
+    def reload(self) -> None:
+        """(Re)read the manifest from disk (after taking the lock, another writer may have finished)."""
+        self.manifest = {}
+        if (self.root / MANIFEST).exists():
             try:
-                run.manifest = json.loads((root / MANIFEST).read_text())
+                self.manifest = json.loads((self.root / MANIFEST).read_text())
             except json.JSONDecodeError as err:
                 raise InputError(
-                    f"{root / MANIFEST} is corrupt ({err.msg} at line {err.lineno})",
+                    f"{self.root / MANIFEST} is corrupt ({err.msg} at line {err.lineno})",
                     "move the run folder away or pick another run=NAME",
                 ) from None
-            other = run.manifest.get("pipeline")
-            if other not in (None, pipeline):
+            other = self.manifest.get("pipeline")
+            if other not in (None, self._pipeline):
                 raise InputError(
-                    f"{root} holds a run of pipeline '{other}', not '{pipeline}'", "pick another run=NAME"
+                    f"{self.root} holds a run of pipeline '{other}', not '{self._pipeline}'", "pick another run=NAME"
                 )
-        run.manifest.setdefault("pipeline", pipeline)
-        run.manifest.setdefault("run", root.name)
-        run.manifest.setdefault("created", now_iso())
-        run.manifest.setdefault("stages", {})
-        run.manifest.setdefault("exports", {})
-        return run
+        self.manifest.setdefault("pipeline", self._pipeline)
+        self.manifest.setdefault("run", self.root.name)
+        self.manifest.setdefault("created", now_iso())
+        self.manifest.setdefault("stages", {})
+        self.manifest.setdefault("exports", {})
+
+    @contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold the run folder's exclusive lock (re-entrant within this object).
+
+        Raises:
+            RunBusyError: another live process holds it.
+        """
+        if self._lock_depth == 0:
+            self._lock = RunLock(self.root)
+            self._lock.acquire()
+            self.reload()
+        self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0 and self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
