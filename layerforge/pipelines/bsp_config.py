@@ -51,11 +51,6 @@ class PhaseStep:
     resolution: int = 64
     steps: int = 100
 
-    def __post_init__(self) -> None:
-        one_of("schedule phase", self.phase, PHASES)
-        one_of("schedule resolution", self.resolution, RESOLUTIONS)
-        at_least("schedule steps", self.steps, 1)
-
 
 def _check_optimiser(section: str, lr: float, beta1: float, points: int, every: int, schedule: list[PhaseStep]) -> None:
     positive(f"{section}.lr", lr)
@@ -63,6 +58,10 @@ def _check_optimiser(section: str, lr: float, beta1: float, points: int, every: 
     at_least(f"{section}.points_per_step", points, 1)
     at_least(f"{section}.checkpoint_every", every, 1)
     require(len(schedule) >= 1, f"{section}.schedule", schedule, "at least one {phase, resolution, steps} entry")
+    for i, entry in enumerate(schedule):
+        one_of(f"{section}.schedule[{i}].phase", entry.phase, PHASES)
+        one_of(f"{section}.schedule[{i}].resolution", entry.resolution, RESOLUTIONS)
+        at_least(f"{section}.schedule[{i}].steps", entry.steps, 1)
 
 
 @dataclasses.dataclass
