@@ -19,7 +19,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
-.PHONY: demo test setup lock clean-venv bench
+.PHONY: demo test setup lock clean-venv bench gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -57,3 +57,24 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# On a machine with an NVIDIA GPU: build the CUDA kernels (ours, gsplat's), run the GPU-marked
+# tests and the renderer/guidance benchmarks, and write their rows into benchmarks/RESULTS.md
+# ("## GPU rows (<device>, <date>)", replaced on a re-run). Needs no .venv: GPU_PYTHON is any
+# Python with a CUDA build of torch; what it lacks comes from the wheels of `make gpu-wheels`.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS ?= build/gpu_wheels
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --wheels $(GPU_WHEELS) $(GPU_CHECK_ARGS)
+
+# The pure-Python wheels (versions from the lock) that a GPU machine's own Python 3.12 lacks,
+# for the imports of layerforge.renderers, layerforge.models.guidance and the benchmarks
+# (about 14 MiB; carry build/gpu_wheels with the tree). antlr4 4.9.3 has no wheel on PyPI: built.
+GPU_WHEEL_PKGS := gsplat diffusers omegaconf hydra-core trimesh plyfile
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(GPU_PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d $(GPU_WHEELS) \
+	  $$(for p in $(GPU_WHEEL_PKGS); do grep -i -m1 "^$$p==" $(LOCK) || echo "$$p==not-in-$(LOCK)"; done)
+	$(GPU_PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) $$(grep -i -m1 '^antlr4-python3-runtime==' $(LOCK))
+	@ls $(GPU_WHEELS) && du -ch $(GPU_WHEELS)/*.whl | tail -1

@@ -9,6 +9,12 @@ training), so the text encoder is not part of the step.
 
     python benchmarks/guidance.py                 # CPU fp32 rows (+ GPU rows when CUDA is present)
     python benchmarks/guidance.py --write-results # also write benchmarks/RESULTS_guidance.md (CPU rows)
+    python benchmarks/guidance.py --no-cpu --markdown   # GPU rows only, as a markdown table
+
+``--markdown`` prints the rows as a markdown table (the columns of RESULTS.md's guidance table),
+one line per row as it is measured; ``scripts/gpu_check.py`` captures it. The measurement is
+the same in both modes. A configuration that fails (say, out of memory) is reported as an
+error row and the others still run (exit status 1).
 
 Target (H100): >= 20 SDS steps/s at batch 1, fp16.
 """
@@ -109,14 +115,15 @@ def time_steps(g, batch: int, steps: int, warmup: int, device: torch.device) -> 
     return times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--cpu-steps", type=int, default=2)
     ap.add_argument("--gpu-steps", type=int, default=20)
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--write-results", action="store_true", help="write benchmarks/RESULTS_guidance.md (CPU rows)")
-    args = ap.parse_args()
+    ap.add_argument("--markdown", action="store_true", help="print the rows as a markdown table")
+    args = ap.parse_args(argv)
 
     configs: list[tuple[torch.device, torch.dtype, int, int]] = []
     if not args.no_cpu:
@@ -125,20 +132,33 @@ def main() -> None:
         configs += [(torch.device("cuda"), dt, args.gpu_steps, 5) for dt in (torch.float16, torch.float32)]
 
     rows = []
+    rc = 0
     header = f"{'device':<44} {'dtype':<8} {'batch':>5} {'ms/step (median)':>17} {'steps/s':>8} {'images/s':>9}"
     print(f"SD-2.1-base UNet (random init), 64x64 latents, CFG, latent-direct SDS; torch {torch.__version__}")
-    print(header)
+    print("\n".join(MARKDOWN_HEADER) if args.markdown else header)
     for device, dtype, steps, warmup in configs:
         name = cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
         if device.type == "cpu":
             name = f"{name} ({torch.get_num_threads()} threads)"
-        g, n_params = build_guidance(device, dtype)
-        for batch in args.batches:
-            med = statistics.median(time_steps(g, batch, steps, warmup, device))
-            row = dict(device=name, kind=device.type, dtype=str(dtype).removeprefix("torch."), batch=batch,
-                       ms=med * 1000, sps=1.0 / med, ips=batch / med, steps=steps, params=n_params)
-            rows.append(row)
-            print(f"{name:<44} {row['dtype']:<8} {batch:>5} {row['ms']:>17.1f} {row['sps']:>8.2f} {row['ips']:>9.2f}",
+        dt = str(dtype).removeprefix("torch.")
+        g = None
+        try:
+            g, n_params = build_guidance(device, dtype)
+            for batch in args.batches:
+                med = statistics.median(time_steps(g, batch, steps, warmup, device))
+                row = dict(device=name, kind=device.type, dtype=dt, batch=batch,
+                           ms=med * 1000, sps=1.0 / med, ips=batch / med, steps=steps, params=n_params)
+                rows.append(row)
+                if args.markdown:
+                    print(markdown_row(row), flush=True)
+                else:
+                    print(f"{name:<44} {row['dtype']:<8} {batch:>5} {row['ms']:>17.1f} {row['sps']:>8.2f} "
+                          f"{row['ips']:>9.2f}", flush=True)
+        except Exception as exc:  # e.g. out of memory: report it, keep the other configurations
+            rc = 1
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            msg = f"error: {type(exc).__name__}: {lines[0] if lines else ''}"[:200].replace("|", "\\|")
+            print(f"| {name} | {dt} | - | - | - | - | {msg} |" if args.markdown else f"{name:<44} {dt:<8} {msg}",
                   flush=True)
         del g
         if device.type == "cuda":
@@ -147,6 +167,18 @@ def main() -> None:
         print(f"UNet parameters: {rows[0]['params'] / 1e6:.1f}M")
     if args.write_results:
         write_results([r for r in rows if r["kind"] == "cpu"])
+    return rc
+
+
+MARKDOWN_HEADER = ("| device | dtype | batch | timed steps | ms/step (median) | steps/s | images/s |",
+                   "|---|---|---:|---:|---:|---:|---:|")
+
+
+def markdown_row(r: dict) -> str:
+    """One row of the table RESULTS.md uses; GPU figures get more digits than the CPU file's."""
+    ms = f"{r['ms']:.1f}" if r["ms"] < 1000 else f"{r['ms']:.0f}"
+    return (f"| {r['device']} | {r['dtype']} | {r['batch']} | {r['steps']} | {ms} | "
+            f"{r['sps']:.3f} | {r['ips']:.3f} |")
 
 
 def write_results(rows: list[dict]) -> None:
@@ -185,4 +217,4 @@ def write_results(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,6 +2,13 @@
 
     python benchmarks/renderers.py            # all rows (CPU; GPU rows when CUDA is present)
     python benchmarks/renderers.py --quick    # skip the slow CPU 1M-face rows, fewer repeats
+    python benchmarks/renderers.py --devices cuda --markdown   # GPU rows only, as a markdown table
+
+``--devices`` picks which rows run (what each row measures does not change); ``--markdown``
+prints the rows as a markdown table (``| benchmark | device | ms | note |``), one line per row
+as it is measured, which is what ``scripts/gpu_check.py`` captures; ``--only`` keeps the
+producers whose name starts with a prefix (``--only mesh``). A producer that raises is
+reported as an error row and the others still run (exit status 1).
 
 Each row is the median wall time of ``--repeats`` calls after one warm-up call; GPU rows are
 timed with CUDA events after a synchronize. Rows come from the functions listed in
@@ -66,6 +73,12 @@ def time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> flo
     return statistics.median(times)
 
 
+def error_text(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters, for a row's note."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
 def uv_sphere(n_faces: int, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A UV sphere with about ``n_faces`` triangles (lat x 2*lat quads, two triangles each)."""
     lat = max(2, round(math.sqrt(n_faces / 4)))
@@ -83,9 +96,16 @@ def uv_sphere(n_faces: int, radius: float = 1.0) -> tuple[torch.Tensor, torch.Te
     return verts.float(), faces
 
 
-def _mesh_devices() -> list[torch.device]:
-    devs = [torch.device("cpu")]
-    if torch.cuda.is_available():
+def _wanted(opts: argparse.Namespace, device_type: str) -> bool:
+    """Whether ``--devices`` asks for rows on ``device_type`` ("cpu" or "cuda")."""
+    return getattr(opts, "devices", "all") in ("all", device_type)
+
+
+def _mesh_devices(opts: argparse.Namespace | None = None) -> list[torch.device]:
+    devs = []
+    if opts is None or _wanted(opts, "cpu"):
+        devs.append(torch.device("cpu"))
+    if torch.cuda.is_available() and (opts is None or _wanted(opts, "cuda")):
         devs.append(torch.device("cuda"))
     return devs
 
@@ -93,13 +113,14 @@ def _mesh_devices() -> list[torch.device]:
 def mesh_rows(opts: argparse.Namespace) -> Iterator[Row]:
     """torch-backend and cuda-kernel mesh rasterization at 256^2 / 1024^2, 10k / 1M faces."""
     gpu = torch.cuda.is_available()
+    kernel_error = None  # a failed kernel build/launch: later kernel rows are skipped, not retried
     for n_faces in (10_000, 1_000_000):
         verts, faces = uv_sphere(n_faces)
         label_faces = f"{faces.shape[0] / 1e3:.0f}k" if faces.shape[0] < 1e6 else f"{faces.shape[0] / 1e6:.2f}M"
         for res in (256, 1024):
             cams = orbit_cameras(20.0, 30.0, 3.0, 45.0, res, res)
             what = f"mesh rasterize {res}x{res}, {label_faces} faces"
-            for dev in _mesh_devices():
+            for dev in _mesh_devices(opts):
                 if dev.type == "cpu" and opts.quick and faces.shape[0] >= 1_000_000:
                     yield Row("mesh", what + ", torch", "cpu", None, "skipped (--quick)")
                     continue
@@ -107,9 +128,17 @@ def mesh_rows(opts: argparse.Namespace) -> Iterator[Row]:
                 torch_ms = time_ms(lambda: rasterize(v, f, c, backend="torch"), opts.repeats, dev)
                 yield Row("mesh", what + ", torch", dev.type, torch_ms)
                 if dev.type == "cuda":
-                    cuda_ms = time_ms(lambda: rasterize(v, f, c, backend="cuda"), opts.repeats, dev)
+                    if kernel_error is not None:
+                        yield Row("mesh", what + ", cuda kernel", "cuda", None, f"skipped ({kernel_error})")
+                        continue
+                    try:
+                        cuda_ms = time_ms(lambda: rasterize(v, f, c, backend="cuda"), opts.repeats, dev)
+                    except Exception as exc:  # build or launch failure: report it, keep the other rows
+                        kernel_error = f"cuda kernel failed: {error_text(exc)}"
+                        yield Row("mesh", what + ", cuda kernel", "cuda", None, kernel_error)
+                        continue
                     yield Row("mesh", what + ", cuda kernel", "cuda", cuda_ms, f"{torch_ms / cuda_ms:.1f}x vs torch on GPU")
-            if not gpu:
+            if not gpu and _wanted(opts, "cuda"):
                 yield Row("mesh", what + ", torch", "cuda", None, "skipped (no CUDA GPU)")
                 yield Row("mesh", what + ", cuda kernel", "cuda", None, "skipped (no CUDA GPU)")
 
@@ -136,24 +165,61 @@ def device_name() -> str:
     return f"CPU: {cpu}; GPU: {gpu}; torch {torch.__version__}"
 
 
+def markdown_ms(ms: float | None) -> str:
+    """Milliseconds for a markdown cell: 3 decimals under 10 ms, else 1; "-" for a skipped row."""
+    if ms is None:
+        return "-"
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
+
+
+def markdown_row(row: Row) -> str:
+    cells = (row.what, row.device, markdown_ms(row.ms), row.note)
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+MARKDOWN_HEADER = ("| benchmark | device | ms | note |", "|---|---|---:|---|")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip slow CPU rows, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (median)")
+    parser.add_argument("--devices", choices=("all", "cpu", "cuda"), default="all",
+                        help="which rows to run (default all: CPU rows, and GPU rows when CUDA is present)")
+    parser.add_argument("--markdown", action="store_true", help="print the rows as a markdown table")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX", default=None,
+                        help="run only the producers whose name starts with one of these (mesh, gaussian)")
     opts = parser.parse_args(argv)
     if opts.repeats is None:
         opts.repeats = 3 if opts.quick else 5
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / "build" / "torch_extensions"))
+    producers = [p for p in ROW_PRODUCERS if opts.only is None or p.__name__.startswith(tuple(opts.only))]
     print(device_name())
     print(f"median of {opts.repeats} runs after 1 warm-up")
-    header = f"{'benchmark':<50} {'device':<6} {'ms':>10}  note"
-    print(header)
-    print("-" * len(header))
-    for producer in ROW_PRODUCERS:
-        for row in producer(opts):
-            ms = f"{row.ms:10.2f}" if row.ms is not None else f"{'-':>10}"
-            print(f"{row.what:<50} {row.device:<6} {ms}  {row.note}", flush=True)
-    return 0
+    if opts.markdown:
+        print("\n".join(MARKDOWN_HEADER))
+    else:
+        header = f"{'benchmark':<50} {'device':<6} {'ms':>10}  note"
+        print(header)
+        print("-" * len(header))
+    rc = 0
+    for producer in producers:
+        rows = producer(opts)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except Exception as exc:  # one broken producer must not lose the other producers' rows
+                rc = 1
+                row = Row("error", f"{producer.__name__} raised", "-", None, f"error: {error_text(exc)}")
+                rows = iter(())
+            if opts.markdown:
+                print(markdown_row(row), flush=True)
+            else:
+                ms = f"{row.ms:10.2f}" if row.ms is not None else f"{'-':>10}"
+                print(f"{row.what:<50} {row.device:<6} {ms}  {row.note}", flush=True)
+    return rc
 
 
 if __name__ == "__main__":

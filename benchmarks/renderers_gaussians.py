@@ -37,11 +37,11 @@ def _scene(n: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tenso
 
 def gaussian_rows(opts: argparse.Namespace) -> Iterator:
     """Rows for :data:`benchmarks.renderers.ROW_PRODUCERS`."""
-    from benchmarks.renderers import Row, time_ms  # type: ignore
+    from benchmarks.renderers import Row, _wanted, error_text, time_ms  # type: ignore
 
     # CPU: torch reference
     cpu = torch.device("cpu")
-    for n, res in ((1_000, 128), (10_000, 128)):
+    for n, res in ((1_000, 128), (10_000, 128)) if _wanted(opts, "cpu") else ():
         if opts.quick and n > 1_000:
             yield Row("gaussians", f"gaussians torch ref fwd {res}x{res}, {n // 1000}k", "cpu", None, "skipped (--quick)")
             continue
@@ -61,6 +61,8 @@ def gaussian_rows(opts: argparse.Namespace) -> Iterator:
     # GPU: our wrapper vs gsplat directly
     labels = [(100_000, "100k"), (1_000_000, "1M")]
     reason = None
+    if not _wanted(opts, "cuda"):
+        return
     if not torch.cuda.is_available():
         reason = "skipped (no CUDA GPU)"
     else:
@@ -77,7 +79,13 @@ def gaussian_rows(opts: argparse.Namespace) -> Iterator:
     dev = torch.device("cuda")
     cam = orbit_cameras(20.0, 30.0, 3.5, 50.0, 1920, 1080).to(dev)
     bg = torch.zeros(1, 3, device=dev)
+    failed = None  # a gsplat build/launch failure: the remaining rows are skipped, not retried
     for n, lab in labels:
+        if failed is not None:
+            for mode in ("fwd", "fwd+bwd"):
+                for who in ("gsplat direct", "render_gaussians"):
+                    yield Row("gaussians", f"gaussians {who} {mode} 1920x1080, {lab}", "cuda", None, f"skipped ({failed})")
+            continue
         sc = _scene(n, dev)
 
         def direct(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,8 +112,19 @@ def gaussian_rows(opts: argparse.Namespace) -> Iterator:
                     def call(fn=fn) -> None:
                         out, alpha = fn(params)
                         (out.sum() + alpha.sum()).backward()
-                times[who] = time_ms(call, opts.repeats, dev)
-            yield Row("gaussians", f"gaussians gsplat direct {mode} 1920x1080, {lab}", "cuda", times["gsplat direct"])
+                what = f"gaussians {who} {mode} 1920x1080, {lab}"
+                if failed is not None:
+                    yield Row("gaussians", what, "cuda", None, f"skipped ({failed})")
+                    continue
+                try:
+                    times[who] = time_ms(call, opts.repeats, dev)
+                except Exception as exc:  # e.g. gsplat's JIT build failed: report it, keep going
+                    failed = f"gsplat failed: {error_text(exc)}"
+                    yield Row("gaussians", what, "cuda", None, failed)
+            if "gsplat direct" in times:
+                yield Row("gaussians", f"gaussians gsplat direct {mode} 1920x1080, {lab}", "cuda", times["gsplat direct"])
+            if len(times) < 2:
+                continue
             over = times["render_gaussians"] / times["gsplat direct"]
             yield Row("gaussians", f"gaussians render_gaussians {mode} 1920x1080, {lab}", "cuda",
                       times["render_gaussians"], f"{over:.2f}x of gsplat direct")
