@@ -8,15 +8,42 @@ for skinned parts an armature with one vertex group per joint. Blender's world i
 
 bpy is heavy and holds one global session: it is imported inside the functions, and both
 functions reset that session (factory settings, empty scene) before they start.
+
+Byte reproducibility: the same asset gives the same file bytes, in one process or in two.
+Blender 5.0.1 alone does not (measured: two saves of the test chair in one process differ in
+1474 of 487,980 uncompressed bytes, and two processes' saves differ too), for five reasons,
+each fixed here on the uncompressed file Blender writes (:func:`_normalise_blend`, which finds
+the fields by name in the file's own struct catalogue, DNA1):
+
+- ``session_uid`` of every ID and pose channel: a per-process counter (differs within one
+  process, not across two); written as 0, and Blender assigns fresh ones on reading.
+- ``bNode.identifier``: drawn from a time-seeded RNG; renumbered 1, 2, ... in file order
+  (shader trees only; they reference nodes by pointer, never by identifier).
+- ``Mesh.face_sets_color_seed``: time-seeded (colours of sculpt face sets); written as 0.
+- ``ScrEdge.v1/v2`` (the UI's screen edges): ordered by heap address; written in file-address
+  order instead (Blender re-sorts them by address on reading anyway).
+- Uninitialised memory: the bytes after the terminating NUL of FileGlobal's and
+  ImagePackedFile's strings (zeroed), and the ``.select_edge`` attribute that
+  ``Mesh.update()`` creates as int2 over uninitialised memory (selection attributes are
+  removed before saving: a deliverable has nothing selected).
+
+Blender compresses with zstd, which Python 3.11 cannot write; the normalised file is written
+gzip-compressed (``mtime=0``, so deterministic), which Blender still reads (its pre-3.0
+format). :func:`_normalise_blend` leaves a file whose layout it does not recognise as Blender
+wrote it, with a warning (tests/test_assets_blend.py then fails on the bytes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gzip
 import io
 import json
+import logging
 import os
+import re
+import struct
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +54,14 @@ from layerforge.assets.atomic import atomic_path
 from layerforge.assets.types import GaussianCloud, LayeredAsset, Material, Mesh, Part, linear_to_srgb, srgb_to_linear
 from layerforge.assets.validation import check_file, validate_asset
 from layerforge.errors import InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+# gzip level of written .blend files. Measured on a 164k-vertex mesh (15.5 MB uncompressed):
+# level 1 0.18 s -> 5.8 MB, level 6 1.1 s -> 5.9 MB, level 9 2.4 s -> 5.9 MB (Blender's zstd: 6.6 MB).
+GZIP_LEVEL = 1
+# Selection attributes Mesh.update() adds; ".select_edge" holds uninitialised memory (Blender 5.0.1).
+_SELECTION_ATTRIBUTES = (".select_vert", ".select_edge", ".select_poly")
 
 
 @contextlib.contextmanager
@@ -62,7 +97,11 @@ def _bpy() -> Any:
 
 
 def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Path:
-    """Write ``asset`` as a .blend (textures packed inside), atomically; returns the path."""
+    """Write ``asset`` as a .blend (textures packed inside), atomically; returns the path.
+
+    The file is gzip-compressed and byte-reproducible: the same asset gives the same bytes
+    (module docstring). Selection attributes are not written (nothing is selected).
+    """
     bpy = _bpy()
     from mathutils import Matrix
 
@@ -97,7 +136,8 @@ def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Pat
     with atomic_path(path) as tmp:
         tmp.unlink()  # Blender would otherwise back up the empty placeholder
         with _stdout_silenced():  # Blender prints "Info: Saved as ..." from C, past sys.stdout
-            bpy.ops.wm.save_as_mainfile(filepath=str(tmp), check_existing=False, compress=True)
+            bpy.ops.wm.save_as_mainfile(filepath=str(tmp), check_existing=False, compress=False)
+        tmp.write_bytes(gzip.compress(_normalise_blend(tmp.read_bytes()), compresslevel=GZIP_LEVEL, mtime=0))
     return path
 
 
@@ -123,7 +163,16 @@ def _mesh_data(name: str, mesh: Mesh) -> Any:
     if mesh.normals is not None:
         me.normals_split_custom_set_from_vertices(mesh.normals.tolist())
     me.validate()
+    _remove_selection(me)
     return me
+
+
+def _remove_selection(me: Any) -> None:
+    """Drop the selection attributes (nothing selected); ``.select_edge`` would be written uninitialised."""
+    for name in _SELECTION_ATTRIBUTES:
+        attr = me.attributes.get(name)
+        if attr is not None:
+            me.attributes.remove(attr)
 
 
 def _points_data(name: str, cloud: GaussianCloud) -> Any:
@@ -138,7 +187,182 @@ def _points_data(name: str, cloud: GaussianCloud) -> Any:
     me.attributes.new("opacity_logit", "FLOAT", "POINT").data.foreach_set("value", cloud.opacity_logits)
     me.attributes.new("log_scale", "FLOAT_VECTOR", "POINT").data.foreach_set("vector", cloud.log_scales.reshape(-1))
     me.update()
+    _remove_selection(me)
     return me
+
+
+# ---- byte-reproducible files ---------------------------------------------------------------
+# Blender 5 file layout (blenloader/intern/writefile.cc, makesdna/DNA_sdna_types.h): a header
+# "BLENDER" + its size in 2 digits + "-01" (format 1) + "v" (little-endian) + version, then
+# blocks: a 32-byte head (code, SDNA struct index, address, byte length, element count) and the
+# data; the DNA1 block lists every struct's fields, so fields are found by name, not offset.
+_BLEND_MAGIC = re.compile(rb"BLENDER(\d\d)-01v\d{4}")
+_BHEAD = struct.Struct("<4siQqq")
+_HEADER_SHOWN = len(b"BLENDER17-01v0500")  # bytes of an unrecognised header quoted in the warning
+_POINTER_SIZE = 8
+_NTREE_SHADER = 0  # bNodeTree.type of material / world / light node trees (DNA_node_types.h)
+# Structs written with uninitialised bytes after the NUL of their char[] strings (measured).
+_STRING_STRUCTS = ("FileGlobal", "ImagePackedFile")
+
+
+class _Sdna:
+    """Field offsets of the structs in a .blend's DNA1 block."""
+
+    def __init__(self, dna: bytes) -> None:
+        pos = 4  # "SDNA"
+        self.names, pos = self._strings(dna, pos, b"NAME")
+        self.types, pos = self._strings(dna, pos, b"TYPE")
+        self._expect(dna, pos, b"TLEN")
+        n = len(self.types)
+        self.sizes = struct.unpack_from(f"<{n}h", dna, pos + 4)
+        pos = self._align(pos + 4 + 2 * n)
+        self._expect(dna, pos, b"STRC")
+        (count,) = struct.unpack_from("<i", dna, pos + 4)
+        pos += 8
+        self.structs: list[tuple[int, list[tuple[int, int]]]] = []
+        for _ in range(count):
+            type_index, nfields = struct.unpack_from("<hh", dna, pos)
+            fields = [struct.unpack_from("<hh", dna, pos + 4 + 4 * i) for i in range(nfields)]
+            self.structs.append((type_index, fields))
+            pos += 4 + 4 * nfields
+        self.struct_of_type = {t: i for i, (t, _) in enumerate(self.structs)}
+        self._layouts: dict[int, dict[str, tuple[int, int, str]]] = {}
+
+    @staticmethod
+    def _align(pos: int) -> int:
+        return (pos + 3) & ~3
+
+    @staticmethod
+    def _expect(dna: bytes, pos: int, tag: bytes) -> None:
+        if dna[pos:pos + 4] != tag:
+            raise ValueError(f"DNA1: expected {tag!r} at {pos}, found {dna[pos:pos + 4]!r}")
+
+    def _strings(self, dna: bytes, pos: int, tag: bytes) -> tuple[list[str], int]:
+        self._expect(dna, pos, tag)
+        (count,) = struct.unpack_from("<i", dna, pos + 4)
+        pos += 8
+        out = []
+        for _ in range(count):
+            end = dna.index(b"\0", pos)
+            out.append(dna[pos:end].decode("latin-1"))
+            pos = end + 1
+        return out, self._align(pos)
+
+    def struct_name(self, index: int) -> str:
+        return self.types[self.structs[index][0]] if 0 <= index < len(self.structs) else ""
+
+    def size(self, index: int) -> int:
+        return self.sizes[self.structs[index][0]]
+
+    def layout(self, index: int) -> dict[str, tuple[int, int, str]]:
+        """``{"id.session_uid": (offset, size, type), ...}``, nested structs flattened."""
+        if index not in self._layouts:
+            out: dict[str, tuple[int, int, str]] = {}
+            self._flatten(index, 0, "", out)
+            self._layouts[index] = out
+        return self._layouts[index]
+
+    def _flatten(self, index: int, base: int, prefix: str, out: dict[str, tuple[int, int, str]]) -> None:
+        offset = base
+        for type_index, name_index in self.structs[index][1]:
+            name, type_name = self.names[name_index], self.types[type_index]
+            count = 1
+            for dim in re.findall(r"\[(\d+)\]", name):
+                count *= int(dim)
+            pointer = name.startswith(("*", "(*"))
+            size = (_POINTER_SIZE if pointer else self.sizes[type_index]) * count
+            nested = self.struct_of_type.get(type_index)
+            if nested is not None and not pointer and "[" not in name:
+                self._flatten(nested, offset, f"{prefix}{name}.", out)
+            else:
+                out[prefix + name] = (offset, size, type_name)
+            offset += size
+
+
+def _normalise_blend(data: bytes) -> bytes:
+    """Make an uncompressed Blender 5 file byte-reproducible (the five causes in the module docstring).
+
+    Args:
+        data: the bytes of an uncompressed .blend, as ``save_as_mainfile(compress=False)`` wrote it.
+
+    Returns:
+        the same file with those fields rewritten, same length and layout; ``data`` unchanged
+        (and a warning logged) when its header or struct catalogue is not the expected one.
+    """
+    match = _BLEND_MAGIC.match(data)
+    if match is None:
+        log.warning("blend: unrecognised file header %r; left as Blender wrote it (not byte-reproducible)",
+                    data[:_HEADER_SHOWN])
+        return data
+    blocks: list[tuple[int, bytes, int, int, int]] = []  # (data offset, code, sdna index, length, count)
+    pos = int(match.group(1))
+    dna = None
+    while pos + _BHEAD.size <= len(data):
+        code, sdna_index, _addr, length, count = _BHEAD.unpack_from(data, pos)
+        blocks.append((pos + _BHEAD.size, code, sdna_index, length, count))
+        if code == b"DNA1":
+            dna = data[pos + _BHEAD.size:pos + _BHEAD.size + length]
+        if code == b"ENDB":
+            break
+        pos += _BHEAD.size + length
+    try:
+        if dna is None:
+            raise ValueError("no DNA1 block")
+        sdna = _Sdna(dna)
+    except (ValueError, struct.error) as err:
+        log.warning("blend: unexpected file layout (%s); left as Blender wrote it (not byte-reproducible)", err)
+        return data
+    out = bytearray(data)
+
+    def fields(sdna_index: int, *names: str) -> list[tuple[int, int, str]] | None:
+        layout = sdna.layout(sdna_index)
+        return [layout[n] for n in names] if all(n in layout for n in names) else None
+
+    uid_fields: dict[int, list[tuple[int, int]]] = {}
+
+    def session_uids(sdna_index: int) -> list[tuple[int, int]]:
+        if sdna_index not in uid_fields:
+            uid_fields[sdna_index] = [(o, n) for path, (o, n, _) in sdna.layout(sdna_index).items()
+                                      if "session_uid" in path.split(".")]
+        return uid_fields[sdna_index]
+
+    shader_only = True
+    for start, code, index, length, count in blocks:
+        if sdna.struct_name(index) == "bNodeTree" and count and (f := fields(index, "type")):
+            shader_only &= struct.unpack_from("<i", data, start + f[0][0])[0] == _NTREE_SHADER
+    node_id = 0
+    for start, code, index, length, count in blocks:
+        if code in (b"DNA1", b"ENDB") or count <= 0:
+            continue
+        name = sdna.struct_name(index)
+        size = sdna.size(index) if name else 0
+        if not size or size * count > length:
+            continue
+        if not session_uids(index) and name not in ("Mesh", "bNode", "ScrEdge", *_STRING_STRUCTS):
+            continue  # most blocks (vertex groups, custom data, ...) hold nothing to normalise
+        for k in range(count):
+            base = start + k * size
+            for offset, fsize in session_uids(index):  # IDs (embedded ones too), pose channels
+                out[base + offset:base + offset + fsize] = bytes(fsize)
+            if name == "Mesh" and (f := fields(index, "face_sets_color_seed")):
+                struct.pack_into("<i", out, base + f[0][0], 0)
+            elif name == "bNode" and shader_only and (f := fields(index, "identifier")):
+                node_id += 1
+                struct.pack_into("<i", out, base + f[0][0], node_id)
+            elif name == "ScrEdge" and (f := fields(index, "*v1", "*v2")):
+                (o1, _, _), (o2, _, _) = f
+                v1, v2 = struct.unpack_from("<Q", out, base + o1)[0], struct.unpack_from("<Q", out, base + o2)[0]
+                if v1 > v2:
+                    struct.pack_into("<Q", out, base + o1, v2)
+                    struct.pack_into("<Q", out, base + o2, v1)
+            elif name in _STRING_STRUCTS:
+                for offset, fsize, type_name in sdna.layout(index).values():
+                    if type_name == "char" and fsize > 1:
+                        field = out[base + offset:base + offset + fsize]
+                        nul = field.find(0)
+                        if nul >= 0:
+                            out[base + offset + nul:base + offset + fsize] = bytes(fsize - nul)
+    return bytes(out)
 
 
 def _image(name: str, img: np.ndarray, srgb: bool) -> Any:
