@@ -132,7 +132,8 @@ def test_qhull_failures_are_counted_and_logged(caplog) -> None:
     assert parts.stats == ex.ExtractionStats(selected=3, extracted=1, no_interior=1, qhull_failed=1,
                                              qhull_failed_indices=[1])
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["bsp extract (disk_shape): qhull failed on 1 of 3 selected convexes (indices 1); they are left out"]
+    assert warnings == [
+        "bsp extract (disk_shape): qhull failed on 1 of 3 selected convexes (indices 1); they are left out"]
 
 
 def test_clean_extraction_reports_no_drops(caplog) -> None:

@@ -100,7 +100,8 @@ def test_default_size_is_layerpano3d_rounded_to_a_valid_width():
 
 
 def test_pipeline_that_downsamples_more_needs_a_larger_multiple():
-    deeper = SimpleNamespace(vae_scale_factor=8, unet=SimpleNamespace(config=SimpleNamespace(down_block_types=["D"] * 5)))
+    unet = SimpleNamespace(config=SimpleNamespace(down_block_types=["DownBlock2D"] * 5))  # 4 downsamplings
+    deeper = SimpleNamespace(vae_scale_factor=8, unet=unet)
     assert required_width_multiple(deeper) == 128
     with pytest.raises(ConfigError, match="set panorama.width to 128 or 256"):
         PanoramaGenerator({"height": 96, "width": 192}, pipe=deeper)

@@ -372,15 +372,15 @@ class SDSGuidance:
         self.nonfinite_streak += 1
         limit = self.config.max_nonfinite_steps
         if self.nonfinite_streak >= limit:
+            steps = f"{self.nonfinite_streak} step{'s' if self.nonfinite_streak > 1 else ''}"
             raise NonFiniteError(
-                f"SDS noise prediction or gradient was NaN/Inf for {self.nonfinite_streak} step{'s' if self.nonfinite_streak > 1 else ''} "
-                f"in a row (step {step}, "
+                f"SDS noise prediction or gradient was NaN/Inf for {steps} in a row (step {step}, "
                 f"{nonfinite_eps} bad values in eps_hat, {nonfinite_grad} in the gradient)",
                 "run the prior in float32 (guidance.dtype=float32) or lower the learning rate "
                 "(raise guidance.max_nonfinite_steps only to tolerate longer bursts)",
             )
         log.warning("SDS: NaN/Inf at step %d (%d values in eps_hat, %d in the gradient) zeroed; "
-                    "%d of %d tolerated steps in a row", step, nonfinite_eps, nonfinite_grad,
+                    "%d such step(s) in a row, NonFiniteError at %d", step, nonfinite_eps, nonfinite_grad,
                     self.nonfinite_streak, limit)
 
     def _latent_weight_map(self, weight_map: torch.Tensor, shape: torch.Size) -> torch.Tensor:
