@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from layerforge.errors import InputError, LayerforgeError
+from layerforge.errors import LayerforgeError
 
 log = logging.getLogger("layerforge")
 
@@ -39,15 +39,6 @@ def _setup_logging(log_file: Path | None, quiet: bool) -> None:
         log.addHandler(fh)
 
 
-def _resolve_input(raw: object) -> Path | None:
-    if raw in (None, ""):
-        return None
-    path = Path(str(raw)).expanduser()
-    if not path.exists():
-        raise InputError(f"input {path} does not exist", "pass an existing file or folder with input=PATH")
-    return path.resolve()
-
-
 def resume_command(pipeline: str, overrides: list[str], run_name: str) -> str:
     """The command that continues this run: the same overrides, with ``run=`` pinned."""
     kept = [o for o in overrides if not o.startswith("run=")]
@@ -65,6 +56,7 @@ def _interrupt_on_sigterm() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from layerforge.pipelines import registry
     from layerforge.pipelines.engine import Engine, format_plan, resolve_device
+    from layerforge.pipelines.inputs import resolve_input
     from layerforge.pipelines.rundir import RunDir
     from layerforge.pipelines.schema import validate_config
 
@@ -74,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = registry.load_config(args.pipeline, overrides)
     pipeline = registry.build(cfg)
     validate_config(pipeline, cfg)  # every bad value fails before any folder is made
-    input_path = _resolve_input(cfg.get("input"))
+    input_path = resolve_input(cfg.get("input"), str(cfg.out))
     resolve_device(str(cfg.device))
     run_name = str(cfg.run) if cfg.get("run") else time.strftime("%Y%m%d-%H%M%S")
     root = Path(str(cfg.out)) / pipeline.name / run_name

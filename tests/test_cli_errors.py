@@ -124,3 +124,26 @@ def test_collision_names_follow_each_engine():
     assert part_name("chair", 3, 120, "ue") == "UCX_chair_003"
     assert part_name("chair", 3, 12, "godot") == "chair_03-convcolonly"
     assert part_name("chair", 3, 12, "none") == "convex_003"
+
+
+@pytest.mark.slow
+def test_a_run_reads_another_runs_deliverables(tmp_path):
+    out = tmp_path / "out"
+    src = tmp_path / "crate.ply"
+    trimesh.creation.box(extents=(0.4, 0.5, 0.9)).export(src)
+    first = _cli("run", "bsp", f"input={src}", f"out={out}", "run=a", *TINY)
+    assert first.returncode == 0, first.stderr
+    chained = _cli("run", "bsp", "input=run:bsp/a", f"out={out}", "run=b", "export.formats=[glb]", *TINY)
+    assert chained.returncode == 0, chained.stderr
+    metrics = json.loads((out / "bsp" / "b" / "export" / "metrics.json").read_text())
+    assert list(metrics) == ["crate"] and metrics["crate"]["convexes"] >= 1  # glb/obj/usda of one object: read once
+    manifest = json.loads((out / "bsp" / "b" / "manifest.json").read_text())
+    assert manifest["inputs"]["input"]["path"] == str((out / "bsp" / "a" / "export").resolve())
+
+    for ref, expected in (("run:bsp/nope", "does not exist"), ("run:bsp", "is not run:<pipeline>/<run>"),
+                          ("run:bsp/a#nothing", "has no finished artifact 'nothing'; pick one of: ")):
+        proc = _cli("run", "bsp", f"input={ref}", f"out={out}", "run=c", "--dry-run", *TINY)
+        lines = _lines(proc.stderr)
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+    proc = _cli("run", "bsp", "input=run:bsp/a#shapes", f"out={out}", "run=c", "--dry-run", *TINY)
+    assert proc.returncode == 0, proc.stderr

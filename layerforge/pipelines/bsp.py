@@ -55,7 +55,21 @@ def _mesh_files(src: Path) -> list[Path]:
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in MESH_SUFFIXES)
     if not files:
         raise InputError(f"{src} holds no mesh files", f"put {', '.join(MESH_SUFFIXES)} files in it")
-    return files
+    # one object exported several ways (a run's export/: chair.glb, chair.obj, chair.usda) is read once
+    rank = {suffix: i for i, suffix in enumerate(MESH_SUFFIX_PREFERENCE)}
+    chosen: dict[tuple[Path, str], Path] = {}
+    for p in files:
+        key = (p.parent, p.stem)
+        if key not in chosen or rank.get(p.suffix.lower(), len(rank)) < rank.get(chosen[key].suffix.lower(), len(rank)):
+            chosen[key] = p
+    for p in files:
+        if chosen[(p.parent, p.stem)] != p:
+            log.info("input: %s is another format of %s; reading that one", p.name, chosen[(p.parent, p.stem)].name)
+    return sorted(chosen.values())
+
+
+MESH_SUFFIX_PREFERENCE = (".glb", ".gltf", ".usdc", ".usd", ".usda", ".usdz", ".obj", ".ply", ".stl", ".off")
+"""Which file of one object's several formats a folder input reads (most complete format first)."""
 
 
 def _shape_files(folder: Path) -> list[Path]:

@@ -1,0 +1,62 @@
+"""Resolving ``input=``: a file or folder, or another run's artifact (``run:<pipeline>/<run>[#artifact]``).
+
+A run reference lets pipelines chain: ``layerforge run bsp input=run:dp_recon/kitchen``
+reads the deliverables of that run (its ``export/`` folder: one convex proxy set per object
+mesh); ``#<artifact>`` reads one named artifact a stage of it made (``#shapes``), or one
+deliverable (``#export/chair.glb``). The reference resolves to a path, which is hashed like
+any other input, so a re-run of the upstream run re-runs what reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from layerforge.errors import InputError
+from layerforge.pipelines.rundir import load_manifest
+
+RUN_REFERENCE = "run:"
+
+
+def resolve_input(raw: object, out: str | os.PathLike[str]) -> Path | None:
+    """The absolute path ``input=`` names (``None`` when unset).
+
+    Raises:
+        InputError: the path does not exist, or the run reference is malformed, names a run
+            that does not exist, or an artifact it does not have.
+    """
+    if raw in (None, ""):
+        return None
+    text = str(raw)
+    if text.startswith(RUN_REFERENCE):
+        return resolve_run_reference(text[len(RUN_REFERENCE):], Path(out))
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"input {path} does not exist", "pass an existing file or folder with input=PATH")
+    return path.resolve()
+
+
+def resolve_run_reference(ref: str, out: Path) -> Path:
+    """``<pipeline>/<run>[#artifact]`` under ``out`` -> the path of that run's deliverables or artifact."""
+    target, _, artifact = ref.partition("#")
+    parts = [p for p in target.split("/") if p]
+    if len(parts) != 2:
+        raise InputError(f"input=run:{ref} is not run:<pipeline>/<run>[#artifact]", "e.g. input=run:dp_recon/kitchen")
+    root = out / parts[0] / parts[1]
+    manifest = load_manifest(root)
+    if not artifact:
+        if not manifest.get("exports"):
+            raise InputError(f"run {parts[0]}/{parts[1]} has no deliverables yet", "finish that run first, or name #<artifact>")
+        return (root / "export").resolve()
+    if artifact in manifest.get("exports", {}):
+        return (root / artifact).resolve()
+    stages = manifest.get("stages", {})
+    order = [s for s in manifest.get("stage_order", []) if s in stages] or list(stages)
+    for name in reversed(order):
+        entry = stages[name]
+        record = (entry.get("outputs") or {}).get(artifact)
+        if record is not None and entry.get("status") == "done":
+            return (root / record["path"]).resolve()
+    known = sorted({a for s in order for a in (stages[s].get("outputs") or {})} | set(manifest.get("exports", {})))
+    raise InputError(f"run {parts[0]}/{parts[1]} has no finished artifact '{artifact}'",
+                     f"pick one of: {', '.join(known) or '(none yet)'}")
