@@ -112,7 +112,7 @@ def _thin_disk(centre: np.ndarray, radius: float, half_height: float, sides: int
     return np.concatenate([np.c_[n, -(n @ centre) - radius], caps])
 
 
-def test_qhull_failures_are_counted_and_logged(caplog) -> None:
+def test_qhull_failures_are_counted_and_logged(caplog, tmp_path) -> None:
     """Issue: convexes qhull fails on were dropped without being counted."""
     centre = ex._grid(ex.SELECT_RES)[(32 * 64 + 32) * 64 + 32]  # a selection grid point: the disk is selected
     # 1000 rim planes on a radius 1e-3 put rim vertices 6.3e-6 apart (< WELD_TOL): welding chains
@@ -131,6 +131,13 @@ def test_qhull_failures_are_counted_and_logged(caplog) -> None:
     assert isinstance(parts, list)  # call sites that treat it as a list keep working
     assert parts.stats == ex.ExtractionStats(selected=3, extracted=1, no_interior=1, qhull_failed=1,
                                              qhull_failed_indices=[1])
+    # the counts are saved with the convexes, so a resumed stage can still report them
+    ex.save_convexes(tmp_path / "shape.npz", parts)
+    assert ex.load_extraction_stats(tmp_path / "shape.npz") == parts.stats
+    back = ex.load_convexes(tmp_path / "shape.npz")
+    assert back.stats == parts.stats and [p.index for p in back] == [0]
+    ex.save_convexes(tmp_path / "plain.npz", list(parts))  # a plain list carries no stats
+    assert ex.load_extraction_stats(tmp_path / "plain.npz") == ex.ExtractionStats(selected=1, extracted=1)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [
         "bsp extract (disk_shape): qhull failed on 1 of 3 selected convexes (indices 1); they are left out"]

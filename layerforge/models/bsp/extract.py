@@ -313,21 +313,49 @@ def extract_convexes(
     return parts
 
 
+# Order of the counts in the ``stats`` array of a convex file.
+_STATS_FIELDS = ("selected", "extracted", "no_interior", "qhull_failed")
+
+
 def save_convexes(path: str | os.PathLike[str], parts: list[ConvexPart]) -> None:
-    """Write one shape's convexes as a compressed .npz (``count``, ``v<i>``, ``f<i>``, ``index``), atomically."""
+    """Write one shape's convexes as a compressed .npz, atomically.
+
+    Keys: ``count``, ``index``, ``v<i>``, ``f<i>``, and for a :class:`ConvexList` its
+    :class:`ExtractionStats` (``stats``: the counts in ``_STATS_FIELDS`` order,
+    ``qhull_failed_indices``), so the counts survive a resumed stage.
+    """
     arrays = {"count": np.array(len(parts)), "index": np.array([p.index for p in parts], np.int64)}
     for i, part in enumerate(parts):
         arrays[f"v{i}"], arrays[f"f{i}"] = part.vertices.astype(np.float32), part.faces.astype(np.int64)
+    if isinstance(parts, ConvexList):
+        arrays["stats"] = np.array([getattr(parts.stats, k) for k in _STATS_FIELDS], np.int64)
+        arrays["qhull_failed_indices"] = np.array(parts.stats.qhull_failed_indices, np.int64)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
 
 
-def load_convexes(path: str | os.PathLike[str]) -> list[ConvexPart]:
-    """Read a file written by :func:`save_convexes`."""
+def load_extraction_stats(path: str | os.PathLike[str]) -> ExtractionStats:
+    """The :class:`ExtractionStats` saved with a convex file (without reading its meshes).
+
+    A file saved from a plain list (or by an older version) has none: every saved convex then
+    counts as selected and extracted, and nothing as dropped.
+    """
+    with np.load(path) as z:
+        if "stats" not in z.files:
+            count = int(z["count"])
+            return ExtractionStats(selected=count, extracted=count)
+        counts = dict(zip(_STATS_FIELDS, (int(v) for v in z["stats"])))
+        return ExtractionStats(**counts, qhull_failed_indices=[int(i) for i in z["qhull_failed_indices"]])
+
+
+def load_convexes(path: str | os.PathLike[str]) -> ConvexList:
+    """Read a file written by :func:`save_convexes` (a :class:`ConvexList`, stats included)."""
     z = np.load(path)
     count = int(z["count"])
     index = z["index"] if "index" in z.files else np.arange(count)
-    return [ConvexPart(index=int(index[i]), vertices=z[f"v{i}"].astype(np.float64), faces=z[f"f{i}"]) for i in range(count)]
+    parts = [ConvexPart(index=int(index[i]), vertices=z[f"v{i}"].astype(np.float64), faces=z[f"f{i}"])
+             for i in range(count)]
+    return ConvexList(parts, load_extraction_stats(path))
 
 
 def convex_contains(parts: list[ConvexPart], points: np.ndarray, eps: float = 0.0) -> np.ndarray:
