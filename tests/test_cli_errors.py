@@ -91,6 +91,8 @@ def test_folder_with_a_bad_mesh_delivers_the_good_ones_and_exits_non_zero(tmp_pa
     assert (export / "crate.glb").is_file() and (export / "post.glb").is_file()
     metrics = json.loads((export / "metrics.json").read_text())
     assert sorted(metrics) == ["crate", "post"]
+    recorded = json.loads((tmp_path / "out" / "bsp" / "r" / "manifest.json").read_text())["stages"]["extract"]["metrics"]
+    assert recorded["convexes"] == sum(m["convexes"] for m in metrics.values()) and recorded["qhull_failed"] == 0
 
     from layerforge.assets.gltf import read_gltf
 

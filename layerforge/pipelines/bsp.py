@@ -27,7 +27,7 @@ from layerforge.assets.atomic import atomic_write_bytes, atomic_write_json
 from layerforge.assets.mesh_io import MESH_SUFFIXES
 from layerforge.errors import ConfigError, InputError, OutputError
 from layerforge.models.bsp.data import PreparedShape, denormalise, prepare_shape
-from layerforge.models.bsp.extract import extract_convexes, load_convexes, save_convexes
+from layerforge.models.bsp.extract import extract_convexes, load_convexes, load_extraction_stats, save_convexes
 from layerforge.models.bsp.network import BSPConfig, BSPNet, load_model, save_model
 from layerforge.pipelines.bsp_config import (
     EvaluateConfig,
@@ -209,7 +209,6 @@ def extract(ctx: StageContext) -> None:
     models = ctx.input("model")
     out = ctx.output("convexes")
     out.mkdir(parents=True, exist_ok=True)
-    counts, failed = {}, {}
     shared = load_model(models / "model.pt")[0] if (models / "model.pt").exists() else None
 
     def extract_one(path: Path) -> None:
@@ -220,12 +219,11 @@ def extract(ctx: StageContext) -> None:
             planes, T = shape_planes(load_model(models / f"{path.stem}.pt")[0], shape_idx=0)
         parts = extract_convexes(planes, T, res=cfg.grid_resolution, drop_inside=cfg.drop_inner)
         save_convexes(out / path.name, parts)
-        counts[path.stem] = len(parts)
-        failed[path.stem] = parts.stats.qhull_failed
 
     shapes = [p for p in _shape_files(ctx.input("shapes")) if (models / "model.pt").exists() or (models / f"{p.stem}.pt").exists()]
-    ctx.each(shapes, extract_one, key=lambda p: p.stem, desc="convexes")
-    ctx.record(convexes=sum(counts.values()), qhull_failed=sum(failed.values()))
+    done = ctx.each(shapes, extract_one, key=lambda p: p.stem, desc="convexes")
+    stats = [load_extraction_stats(out / p.name) for p in done]  # saved per shape: also those done before a resume
+    ctx.record(convexes=sum(s.extracted for s in stats), qhull_failed=sum(s.qhull_failed for s in stats))
 
 
 # ---- evaluate ---------------------------------------------------------------------------
