@@ -217,13 +217,14 @@ def extract(ctx: StageContext) -> None:
             planes, T = shape_planes(shared, voxels=torch.from_numpy(shape.voxels[None, None]).float())
         else:
             planes, T = shape_planes(load_model(models / f"{path.stem}.pt")[0], shape_idx=0)
-        parts = extract_convexes(planes, T, res=cfg.grid_resolution, drop_inside=cfg.drop_inner)
+        parts = extract_convexes(planes, T, res=cfg.grid_resolution, drop_inside=cfg.drop_inner, name=path.stem)
         save_convexes(out / path.name, parts)
 
     shapes = [p for p in _shape_files(ctx.input("shapes")) if (models / "model.pt").exists() or (models / f"{p.stem}.pt").exists()]
     done = ctx.each(shapes, extract_one, key=lambda p: p.stem, desc="convexes")
     stats = [load_extraction_stats(out / p.name) for p in done]  # saved per shape: also those done before a resume
-    ctx.record(convexes=sum(s.extracted for s in stats), qhull_failed=sum(s.qhull_failed for s in stats))
+    ctx.record(convexes=sum(s.extracted for s in stats), qhull_failed=sum(s.qhull_failed for s in stats),
+               no_interior=sum(s.no_interior for s in stats))
 
 
 # ---- evaluate ---------------------------------------------------------------------------
