@@ -105,6 +105,22 @@ DEFAULTS = {
 }
 
 
+class NullBar:
+    """A progress bar that shows nothing (tqdm's interface, for TrainingLoop in tests)."""
+
+    def __init__(self, **_):
+        pass
+
+    def update(self, n):
+        pass
+
+    def set_postfix(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
 def make_engine(run_dir: Path, input_path: Path, overrides: list[str] = (), pipeline: Pipeline = PIPELINE) -> Engine:
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(list(overrides)))
     command = " ".join(["python", "tests/engine_toy.py", str(run_dir), str(input_path), *overrides])

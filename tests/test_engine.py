@@ -17,7 +17,7 @@ from layerforge.errors import NonFiniteError
 from layerforge.pipelines.engine import stage_seed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import make_engine  # noqa: E402
+from engine_toy import NullBar, make_engine  # noqa: E402
 
 TOY = Path(__file__).parent / "engine_toy.py"
 
@@ -136,25 +136,11 @@ def test_nan_after_checkpoint_keeps_that_checkpoint(tmp_path, numbers):
     from layerforge.pipelines.checkpoint import TrainingLoop
 
     model = torch.nn.Linear(1, 1)
-    loop = TrainingLoop(tmp_path, total=20, state={"m": model}, every=5, desc="t", progress=_NullBar)
+    loop = TrainingLoop(tmp_path, total=20, state={"m": model}, every=5, desc="t", progress=NullBar)
     with pytest.raises(NonFiniteError, match="last good checkpoint: step 10"):
         for step in loop:
             loop.log(loss=float("nan") if step == 12 else 1.0)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 10
-
-
-class _NullBar:
-    def __init__(self, **_):
-        pass
-
-    def update(self, n):
-        pass
-
-    def set_postfix(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
 
 
 def _run_toy(run: Path, numbers: Path, *overrides: str, wait: bool = True) -> subprocess.Popen:

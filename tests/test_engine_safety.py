@@ -21,7 +21,7 @@ from layerforge.pipelines.checkpoint import TrainingLoop
 from layerforge.pipelines.rundir import RunLock
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import CONSTANT, ITEMS, make_engine  # noqa: E402
+from engine_toy import CONSTANT, ITEMS, NullBar, make_engine  # noqa: E402
 
 TOY = Path(__file__).parent / "engine_toy.py"
 REPO = Path(__file__).resolve().parent.parent
@@ -185,25 +185,11 @@ def test_new_package_version_reruns(tmp_path, numbers, monkeypatch):
 # ---------------------------------------------------------------- finite checkpoints
 
 
-class _NullBar:
-    def __init__(self, **_):
-        pass
-
-    def update(self, n):
-        pass
-
-    def set_postfix(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
-
-
 def _fit(folder: Path, poison_at: int | None) -> tuple[TrainingLoop, torch.nn.Linear]:
     torch.manual_seed(0)
     model = torch.nn.Linear(1, 1)
     optim = torch.optim.SGD(model.parameters(), lr=0.1)
-    loop = TrainingLoop(folder, total=20, state={"model": model, "optim": optim}, every=5, desc="fit", progress=_NullBar)
+    loop = TrainingLoop(folder, total=20, state={"model": model, "optim": optim}, every=5, desc="fit", progress=NullBar)
     for step in loop:
         loss = ((model(torch.ones(4, 1)) - 2.0) ** 2).mean()
         optim.zero_grad()
