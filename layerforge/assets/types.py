@@ -9,6 +9,7 @@ float32 linear in [0, 1]; sRGB encoding happens only when a file is written or r
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -334,14 +335,35 @@ class LayeredAsset:
         return Mesh(verts, faces, cat("normals"), cat("uvs"), cat("colors"), material)
 
 
+def _torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear, float32, same shape."""
+    """sRGB-encoded values in [0, 1] -> linear, float32, same shape.
+
+    A torch tensor gives a float32 tensor on its device, differentiable everywhere and not
+    clipped (the curve continues linearly below 0 and as the power law above 1), so a gradient
+    reaches pixels at or beyond 0 and 1.
+    """
+    if _torch_tensor(x):
+        x = x.float()
+        return (x / 12.92).where(x <= 0.04045, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
     x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear values in [0, 1] -> sRGB encoding, float32, same shape."""
+    """Linear values in [0, 1] -> sRGB encoding, float32, same shape.
+
+    A torch tensor gives a float32 tensor on its device, differentiable everywhere and not
+    clipped (the curve continues linearly below 0 and as the power law above 1), so a gradient
+    reaches pixels at or beyond 0 and 1.
+    """
+    if _torch_tensor(x):
+        x = x.float()
+        return (x * 12.92).where(x <= 0.0031308, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
     x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
     return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
 

@@ -1,10 +1,15 @@
-"""DepthEstimator / Segmenter: tiny random transformers models loaded from a local folder."""
+"""DepthEstimator / Segmenter: tiny random transformers models loaded from a local folder.
+
+Colour contract: both take linear RGB and sRGB-encode it for the model.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from layerforge.assets.types import srgb_to_linear
 from layerforge.errors import ModelNotFoundError
 from layerforge.models.guidance import DepthEstimator, Segmenter
 
@@ -65,3 +70,61 @@ def test_missing_estimator_folder(tmp_path):
         Segmenter(str(tmp_path / "seg"))
     with pytest.raises(ModelNotFoundError, match="segmenter.pretrained_model_name_or_path"):
         Segmenter(None)
+
+
+def _linear_from_srgb_codes(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+    """(8-bit sRGB codes [H, W, 3], the linear float image they encode)."""
+    codes = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return codes, torch.from_numpy(srgb_to_linear(codes / 255.0))
+
+
+def _spy_pixel_values(monkeypatch, model) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    real = model.forward
+
+    def forward(pixel_values, *args, **kwargs):
+        seen.append(pixel_values.detach().clone())
+        return real(pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    return seen
+
+
+@pytest.mark.parametrize("which", ["depth", "segmenter"])
+def test_estimators_take_linear_and_feed_the_model_srgb(which, tiny_dpt, tiny_segformer, monkeypatch):
+    """Contract: linear in; the model's input tensor is the image processor's output for the
+    sRGB encoding (before the fix the depth estimator took sRGB and fed it unconverted)."""
+    from PIL import Image
+
+    est = DepthEstimator(str(tiny_dpt), device="cpu") if which == "depth" else Segmenter(str(tiny_segformer), device="cpu")
+    codes, linear = _linear_from_srgb_codes(24, 40)
+    seen = _spy_pixel_values(monkeypatch, est.pipe.model)
+    est(linear)
+    expected = est.pipe.image_processor(images=Image.fromarray(codes), return_tensors="pt").pixel_values
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-5)
+    # and not the linear values read as if they were sRGB (what the old depth estimator did)
+    as_if_srgb = Image.fromarray(np.round(linear.numpy() * 255).astype(np.uint8))
+    wrong = est.pipe.image_processor(images=as_if_srgb, return_tensors="pt").pixel_values
+    assert (seen[0] - wrong).abs().max() > 0.1
+
+
+def test_depth_of_linear_image_equals_depth_of_its_srgb_encoding(tiny_dpt):
+    """The same picture gives the same depth whether handed over as linear floats (our
+    convention) or as the 8-bit sRGB file a transformers user would pass the pipeline."""
+    from PIL import Image
+
+    est = DepthEstimator(str(tiny_dpt), device="cpu")
+    codes, linear = _linear_from_srgb_codes(32, 32, seed=1)
+    ours = est(linear)
+    theirs = est.pipe(Image.fromarray(codes))["predicted_depth"].float().reshape(32, 32)
+    scale = float(ours.abs().max())  # the random model's depths are tiny (~1e-10)
+    assert scale > 0
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5 * scale)
+    srgb_read_as_linear = est(torch.from_numpy(codes / 255.0).float())  # what the old contract expected
+    assert (srgb_read_as_linear - ours).abs().max() > 1e-2 * scale
+
+
+def test_estimators_refuse_non_rgb(tiny_dpt):
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        DepthEstimator(str(tiny_dpt), device="cpu")(torch.rand(8, 8, 4))

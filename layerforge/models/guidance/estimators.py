@@ -1,5 +1,9 @@
 """Monocular depth and segmentation behind small interfaces, backed by transformers pipelines.
 
+Colour contract: both take our images, float [H, W, 3] *linear* RGB in [0, 1], and sRGB-encode
+them to 8 bits (what the models were trained on, and what the pipelines' image loaders take)
+right before the pipeline call (:func:`_to_pil`).
+
 Weights come from a local folder (or a cached hub id); a missing folder is a one-line
 :class:`ModelNotFoundError` naming the config key.
 """
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layerforge.assets.types import linear_to_srgb
 from layerforge.errors import ModelNotFoundError
 from layerforge.models.guidance.loading import is_offline, resolve_device, resolve_dtype
 
@@ -48,22 +53,28 @@ def _load_hf_pipeline(task: str, name_or_path: str | os.PathLike | None, key: st
 
 
 def _to_pil(image: torch.Tensor | np.ndarray):
+    """Linear float [H, W, 3] in [0, 1] -> 8-bit sRGB PIL image (the model boundary)."""
     from PIL import Image
 
-    arr = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
-    return Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8))
+    arr = np.asarray(image.detach().float().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"need an image [H, W, 3], got shape {arr.shape}")
+    return Image.fromarray(np.round(linear_to_srgb(arr) * 255).astype(np.uint8))
 
 
 class DepthEstimator:
-    """Monocular depth ("depth-estimation" pipeline, e.g. DPT, Depth Anything)."""
+    """Monocular depth ("depth-estimation" pipeline, e.g. DPT, Depth Anything); takes linear RGB."""
 
     def __init__(self, pretrained_model_name_or_path: str | None, *, key: str = "depth.pretrained_model_name_or_path",
                  device: str = "auto", dtype: str = "float32", offline: bool | None = None) -> None:
         self.pipe = _load_hf_pipeline("depth-estimation", pretrained_model_name_or_path, key, device, dtype, offline)
 
     def __call__(self, image: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """image: [H, W, 3] in [0, 1] (sRGB, as the model was trained). Returns [H, W] float32
-        relative depth as the model defines it (units and direction are model-specific)."""
+        """image: [H, W, 3] float linear RGB in [0, 1] (sRGB-encoded here for the model).
+
+        Returns [H, W] float32 relative depth as the model defines it (units and direction are
+        model-specific).
+        """
         h, w = image.shape[:2]
         pred = self.pipe(_to_pil(image))["predicted_depth"].float()
         pred = pred.reshape(1, 1, *pred.shape[-2:])
@@ -80,14 +91,17 @@ class Segment:
 
 
 class Segmenter:
-    """Semantic / instance / panoptic segmentation ("image-segmentation" pipeline)."""
+    """Semantic / instance / panoptic segmentation ("image-segmentation" pipeline); takes linear RGB."""
 
     def __init__(self, pretrained_model_name_or_path: str | None, *, key: str = "segmenter.pretrained_model_name_or_path",
                  device: str = "auto", dtype: str = "float32", offline: bool | None = None) -> None:
         self.pipe = _load_hf_pipeline("image-segmentation", pretrained_model_name_or_path, key, device, dtype, offline)
 
     def __call__(self, image: torch.Tensor | np.ndarray) -> list[Segment]:
-        """image: [H, W, 3] in [0, 1]. Returns the segments the model finds, masks at image size."""
+        """image: [H, W, 3] float linear RGB in [0, 1] (sRGB-encoded here for the model).
+
+        Returns the segments the model finds, masks at image size.
+        """
         out = []
         for seg in self.pipe(_to_pil(image)):
             mask = torch.from_numpy(np.asarray(seg["mask"]) > 127)
