@@ -1,7 +1,8 @@
 """Panorama: seamless across the left/right edge (circular padding), any SD-style pipeline.
 
 The tiny UNet downsamples 3 times like Stable Diffusion's, so the total stride is 8 latent
-columns = 64 pixels: the wrap-around is exact only at widths that are multiples of 64.
+columns = 64 pixels: the wrap-around is exact only at widths that are multiples of 64. The
+generator returns linear RGB (the model decodes sRGB).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from layerforge.assets.types import srgb_to_linear
 from layerforge.errors import ConfigError
 from layerforge.models.guidance import PanoramaConfig, PanoramaGenerator, seam_error
 from layerforge.models.guidance.panorama import WIDTH_MULTIPLE, horizontal_circular_padding, required_width_multiple
@@ -125,3 +127,24 @@ def test_circular_padding_is_scoped(generator):
 def test_height_must_be_multiple_of_8():
     with pytest.raises(ConfigError, match="panorama.height"):
         PanoramaGenerator({"height": 30, "width": 64}, pipe=object())
+
+
+def test_panorama_is_linear_rgb(generator, monkeypatch):
+    """Contract: the returned panorama is srgb_to_linear of what the VAE decoded (before the
+    fix the generator returned the model's sRGB)."""
+    vae = generator.pipe.vae
+    real_decode = vae.decode
+    decoded: list[torch.Tensor] = []
+
+    def decode(*args, **kwargs):
+        out = real_decode(*args, **kwargs)
+        decoded.append((out[0] if isinstance(out, tuple) else out.sample).detach().clone())
+        return out
+
+    monkeypatch.setattr(vae, "decode", decode)
+    pano = generator(latents=generator.initial_latents(seed=0))
+    assert len(decoded) == 1
+    srgb = (decoded[0][0].permute(1, 2, 0).float() / 2 + 0.5).clamp(0, 1)  # the pipeline's [-1, 1] -> [0, 1]
+    assert pano.dtype == torch.float32 and pano.shape == (HEIGHT, WIDTH, 3)
+    torch.testing.assert_close(pano, torch.from_numpy(srgb_to_linear(srgb.numpy())), rtol=0, atol=1e-5)
+    assert (pano - srgb).abs().max() > 1e-2  # and is not the sRGB itself

@@ -25,6 +25,9 @@ LayerPano3D generates 720x1440; 1440 is not a multiple of 64 (latent 180 = 8 * 2
 generate 736x1472 instead (``PanoramaConfig`` default: the nearest 1:2 size with a valid
 width, 2.2% larger each way) and do not resize it to 1440: resampling would blur it, and every
 later stage takes any size. Widths of 1408 or 1536 are the other near choices.
+
+Colour contract: the pipeline decodes sRGB (what Stable Diffusion was trained on); the
+generator returns it converted to linear RGB, our images' encoding, right after the call.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from layerforge.assets.types import srgb_to_linear
 from layerforge.errors import ConfigError
 from layerforge.models.guidance.loading import LoadOptions, config_from_mapping, load_pipeline
 
@@ -167,7 +171,7 @@ def _untiled(vae: Any, seamless: bool) -> Iterator[None]:
 
 
 class PanoramaGenerator:
-    """Generate equirectangular panoramas with any Stable-Diffusion-style text-to-image pipeline.
+    """Generate equirectangular panoramas (linear RGB) with any Stable-Diffusion-style text-to-image pipeline.
 
     The pipeline must have ``unet`` and ``vae`` and accept ``latents=``; the circular padding
     is switched on only during :meth:`__call__`, so the same loaded pipeline can be shared.
@@ -199,7 +203,7 @@ class PanoramaGenerator:
     @torch.no_grad()
     def __call__(self, prompt: str | None = None, *, seed: int | None = None,
                  latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Panorama [height, width, 3] float32, sRGB as the model produces it, in [0, 1].
+        """Panorama [height, width, 3] float32 linear RGB in [0, 1] (the model's sRGB, decoded to linear).
 
         latents: [1, C, height/8, width/8] initial noise (default from ``seed``). Rolling it by
             8k columns rolls the (seamless) panorama by 64k pixels.
@@ -215,4 +219,4 @@ class PanoramaGenerator:
                             negative_prompt=cfg.negative_prompt or None, height=cfg.height, width=cfg.width,
                             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                             latents=latents, output_type="pt")
-        return out.images[0].permute(1, 2, 0).float().cpu()
+        return srgb_to_linear(out.images[0].permute(1, 2, 0).float().cpu().clamp(0.0, 1.0))
