@@ -53,7 +53,7 @@ def gaussian_rows(opts: argparse.Namespace) -> Iterator:
 
         def fwd_bwd() -> None:
             out = render_gaussians(**params, cameras=cam, backend="torch")
-            (out["rgb"].sum() + out["depth"].sum()).backward()
+            (out.rgb.sum() + out.depth.sum()).backward()
 
         yield Row("gaussians", f"gaussians torch ref fwd+bwd {res}x{res}, {n // 1000}k", "cpu",
                   time_ms(fwd_bwd, opts.repeats, cpu))
@@ -98,7 +98,7 @@ def gaussian_rows(opts: argparse.Namespace) -> Iterator:
 
         def ours(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             out = render_gaussians(**p, cameras=cam, background=bg, backend="gsplat")
-            return torch.cat([out["rgb"], out["depth"]], -1), out["alpha"]
+            return torch.cat([out.rgb, out.depth], -1), out.alpha
 
         for mode in ("fwd", "fwd+bwd"):
             params = {k: v.clone().requires_grad_(mode == "fwd+bwd") for k, v in sc.items()}

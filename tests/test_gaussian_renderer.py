@@ -44,7 +44,7 @@ def test_single_isotropic_splat_matches_projected_2d_gaussian():
     means = torch.tensor([[z, 0.0, 0.0]], dtype=torch.float64)
     out = render_gaussians(means, quats, scales, torch.tensor([o], dtype=torch.float64),
                            torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64), cam)
-    alpha = out["alpha"][0, ..., 0]
+    alpha = out.alpha[0, ..., 0]
     assert EPS2D == 0.3  # gsplat's default dilation
     var = (40.0 * s / z) ** 2 + 0.3  # projected variance in px² plus the low-pass dilation
     v, u = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
@@ -55,11 +55,11 @@ def test_single_isotropic_splat_matches_projected_2d_gaussian():
     assert alpha.max().item() == pytest.approx(o, abs=1e-12)
     torch.testing.assert_close(alpha, expected, atol=1e-9, rtol=0)
     # colour is alpha-weighted, expected depth is the splat depth, accumulated depth alpha * z
-    torch.testing.assert_close(out["rgb"][0, 16, 16], torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64) * o)
+    torch.testing.assert_close(out.rgb[0, 16, 16], torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64) * o)
     hit = alpha > 0
-    torch.testing.assert_close(out["depth"][0, ..., 0][hit], torch.full_like(alpha[hit], z))
+    torch.testing.assert_close(out.depth[0, ..., 0][hit], torch.full_like(alpha[hit], z))
     d_acc = render_gaussians(means, quats, scales, torch.tensor([o], dtype=torch.float64),
-                             torch.ones(1, 3, dtype=torch.float64), cam, depth_mode="D")["depth"]
+                             torch.ones(1, 3, dtype=torch.float64), cam, depth_mode="D").depth
     torch.testing.assert_close(d_acc[0, ..., 0], alpha * z)
     proj = project_gaussians(means, quats, scales, cam)
     assert int(proj["radii"][0, 0]) == math.ceil(3 * math.sqrt(var))
@@ -74,8 +74,8 @@ def test_anisotropic_rotated_splat_follows_covariance():
     q_rx = torch.tensor([[math.cos(math.pi / 4), math.sin(math.pi / 4), 0.0, 0.0]], dtype=torch.float64) * 3.0
     op = torch.tensor([0.9], dtype=torch.float64)
     col = torch.ones(1, 3, dtype=torch.float64)
-    a0 = render_gaussians(means, q_id, scales, op, col, cam)["alpha"][0, ..., 0]
-    a1 = render_gaussians(means, q_rx, scales, op, col, cam)["alpha"][0, ..., 0]
+    a0 = render_gaussians(means, q_id, scales, op, col, cam).alpha[0, ..., 0]
+    a1 = render_gaussians(means, q_rx, scales, op, col, cam).alpha[0, ..., 0]
     # identity: wide along u (row 16), narrow along v; rotated (unnormalised quat): the transpose
     assert a0[16, 16 + 8] > 0.3 and a0[16 + 8, 16] < 1e-3
     torch.testing.assert_close(a1, a0.T, atol=1e-9, rtol=0)
@@ -90,10 +90,10 @@ def test_front_splat_wins_with_alpha_clamp_and_early_stop():
                            background=torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
     # nearest splat (green, index 1) takes 0.999; the next would bring T to 1e-6 <= 1e-4: stop
     assert ALPHA_MAX == 0.999  # gsplat 1.4/1.5 clamp (3DGS's original rasterizer used 0.99)
-    c = out["rgb"][0, 8, 8]
+    c = out.rgb[0, 8, 8]
     torch.testing.assert_close(c, torch.tensor([0.0, ALPHA_MAX, 1 - ALPHA_MAX], dtype=torch.float64))
-    assert out["alpha"][0, 8, 8, 0].item() == pytest.approx(ALPHA_MAX, abs=1e-12)
-    assert out["depth"][0, 8, 8, 0].item() == pytest.approx(1.0, abs=1e-9)
+    assert out.alpha[0, 8, 8, 0].item() == pytest.approx(ALPHA_MAX, abs=1e-12)
+    assert out.depth[0, 8, 8, 0].item() == pytest.approx(1.0, abs=1e-9)
 
 
 def test_culling_and_background():
@@ -103,9 +103,9 @@ def test_culling_and_background():
     bg = torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64)
     out = render_gaussians(means, quats, scales, torch.ones(2, dtype=torch.float64),
                            torch.ones(2, 3, dtype=torch.float64), cam, background=bg)
-    assert torch.all(out["alpha"] == 0)
-    torch.testing.assert_close(out["rgb"], bg.expand(1, 16, 16, 3))
-    assert torch.all(out["radii"] == 0)
+    assert torch.all(out.alpha == 0)
+    torch.testing.assert_close(out.rgb, bg.expand(1, 16, 16, 3))
+    assert torch.all(out.meta["radii"] == 0)
 
 
 def _random_scene(n: int, seed: int = 0, dtype=torch.float64):
@@ -130,9 +130,9 @@ def test_chunking_and_batching_do_not_change_the_image():
     small = render_gaussians(means, quats, scales, opac, colors, cams, chunk_elems=97)
     single = render_gaussians(means, quats, scales, opac, colors, cams[1])
     for k in ("rgb", "alpha", "depth"):
-        torch.testing.assert_close(small[k], full[k])
-        torch.testing.assert_close(single[k][0], full[k][1])
-    assert full["alpha"].max() > 0.5  # the scene is actually in view
+        torch.testing.assert_close(getattr(small, k), getattr(full, k))
+        torch.testing.assert_close(getattr(single, k)[0], getattr(full, k)[1])
+    assert full.alpha.max() > 0.5  # the scene is actually in view
 
 
 def test_gradients_match_finite_differences():
@@ -143,7 +143,7 @@ def test_gradients_match_finite_differences():
 
     def f(m, s, o, c):
         out = render_gaussians(m, quats, s, o, c, cam, background=bg)
-        return out["rgb"], out["alpha"], out["depth"]
+        return out.rgb, out.alpha, out.depth
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (means, scales, opac, colors))
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -170,7 +170,7 @@ def test_sh_matches_gsplat_reference_and_dc_equals_colour():
     sh[:, 0] = rgb_to_sh(colors)
     a = render_gaussians(means, quats, scales, opac, colors, cam)
     b = render_gaussians(means, quats, scales, opac, None, cam, sh_coeffs=sh, sh_degree=3)
-    torch.testing.assert_close(a["rgb"], b["rgb"])
+    torch.testing.assert_close(a.rgb, b.rgb)
     assert SH_C0 * rgb_to_sh(torch.tensor(0.7)).item() + 0.5 == pytest.approx(0.7)
 
 
@@ -227,7 +227,7 @@ def test_auto_backend_on_cpu_is_torch_without_a_warning(gsplat_unimportable, cap
     caplog.set_level("WARNING", logger="layerforge.renderers")
     means, quats, scales, opac, colors = _random_scene(4, dtype=torch.float32)
     out = render_gaussians(means, quats, scales, opac, colors, _two_cams(8, dtype=torch.float32))
-    assert out["rgb"].shape == (2, 8, 8, 3)
+    assert out.rgb.shape == (2, 8, 8, 3)
     assert _fallback_warnings(caplog) == []  # on CPU torch is the only path, not a fallback
 
 
@@ -241,7 +241,7 @@ def test_auto_backend_falls_back_on_gpu_with_one_warning(gsplat_unimportable, ca
     auto = render_gaussians(means, quats, scales, opac, colors, cams)
     render_gaussians(means, quats, scales, opac, colors, cams)
     ref = render_gaussians(means, quats, scales, opac, colors, cams, backend="torch")
-    torch.testing.assert_close(auto["rgb"], ref["rgb"])
+    torch.testing.assert_close(auto.rgb, ref.rgb)
     assert len(_fallback_warnings(caplog)) == 1
     with pytest.raises(ConfigError, match="cannot import gsplat"):
         render_gaussians(means, quats, scales, opac, colors, cams, backend="gsplat")
@@ -277,7 +277,7 @@ def test_fit_gaussians_to_an_image():
     def loss_fn() -> tuple[torch.Tensor, torch.Tensor]:
         out = render_gaussians(means, quats, log_s.exp(), logit_o.sigmoid(), logit_c.sigmoid(), cam,
                                background=torch.zeros(3))
-        return ((out["rgb"] - target) ** 2).mean(), out["rgb"]
+        return ((out.rgb - target) ** 2).mean(), out.rgb
 
     first, _ = loss_fn()
     for _ in range(200):
@@ -308,12 +308,12 @@ def test_torch_reference_matches_gsplat_on_gpu():
         kw = dict(sh_coeffs=sh, sh_degree=3, background=bg, depth_mode=mode)
         ref = render_gaussians(means, quats, scales, opac, None, cams, backend="torch", **kw)
         fast = render_gaussians(means, quats, scales, opac, None, cams, backend="gsplat", **kw)
-        assert fast["alpha"].max() > 0.5
+        assert fast.alpha.max() > 0.5
         for k in ("rgb", "alpha"):
-            torch.testing.assert_close(ref[k], fast[k], atol=1e-3, rtol=0)
-        torch.testing.assert_close(ref["depth"], fast["depth"], atol=1e-3 * 4, rtol=1e-3)
-        torch.testing.assert_close(ref["radii"], fast["radii"].to(ref["radii"].dtype), atol=1, rtol=0)
+            torch.testing.assert_close(getattr(ref, k), getattr(fast, k), atol=1e-3, rtol=0)
+        torch.testing.assert_close(ref.depth, fast.depth, atol=1e-3 * 4, rtol=1e-3)
+        torch.testing.assert_close(ref.meta["radii"], fast.meta["radii"].to(ref.meta["radii"].dtype), atol=1, rtol=0)
     colors = torch.rand(n, 3, generator=g).to(dev)
     ref = render_gaussians(means, quats, scales, opac, colors, cams, backend="torch")
     fast = render_gaussians(means, quats, scales, opac, colors, cams, backend="gsplat")
-    torch.testing.assert_close(ref["rgb"], fast["rgb"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(ref.rgb, fast.rgb, atol=1e-3, rtol=0)

@@ -10,6 +10,7 @@ import torch
 
 from layerforge.errors import ConfigError, InputError
 from layerforge.renderers.cameras import Camera, generate_rays, look_at, orbit_cameras, project
+from layerforge.renderers.output import RenderOutput
 from layerforge.renderers.mesh import (
     antialias,
     edge_neighbours,
@@ -101,15 +102,22 @@ def test_depth_order_ties_near_and_far():
     # equal depth: smallest face id wins
     fr = rasterize(torch.cat([tri(2.0), tri(2.0), tri(2.0)]), faces, cam)
     assert (fr.face_id[fr.mask] == 0).all()
-    # faces with a vertex nearer than `near` are skipped, not clipped
+    # faces wholly nearer than `near` or beyond `far` are not drawn
     near_cam = Camera(cam.K, cam.world_to_camera, 8, 8, near=1.5, far=2.5)
     v = torch.cat([tri(1.0), tri(2.0), tri(3.0)])
     fr = rasterize(v, faces, near_cam)
     assert (fr.face_id == 1).all()  # the z=1 and z=3 faces are out of [near, far]
+    # a face crossing the near plane is clipped there: drawn exactly where its z >= near
     straddle = tri(2.0).clone()
-    straddle[0, 2] = 1.0  # one vertex in front of the near plane
+    straddle[0] = torch.tensor([0.0, -0.5, 1.25])  # one vertex in front of the near plane, in view
     fr = rasterize(straddle, faces[:1], near_cam)
-    assert not fr.mask.any()
+    full = rasterize(straddle, faces[:1], cam)  # near 0.01: the whole face
+    assert fr.mask.sum() > 10 and (full.mask & ~fr.mask).sum() > 5
+    torch.testing.assert_close(fr.depth[fr.mask], full.depth[fr.mask])
+    assert torch.equal(fr.face_id[fr.mask], full.face_id[fr.mask])
+    torch.testing.assert_close(fr.barycentrics[fr.mask], full.barycentrics[fr.mask])
+    clear = (full.depth - 1.5).abs() > 1e-6  # pixels not on the near plane itself
+    assert torch.equal(fr.mask[clear], (full.mask & (full.depth >= 1.5))[clear])
 
 
 def test_torch_backend_chunking_does_not_change_the_result():
@@ -292,10 +300,14 @@ def test_normals_depth_and_render_mesh_preview():
     verts, faces = icosphere(2, 0.7)
     cam = orbit_cameras(20.0, 30.0, 3.0, 40.0, 32, 32)
     out = render_mesh(verts, faces, cam, vertex_colors=torch.ones_like(verts) * 0.5, background=1.0)
-    assert out["rgb"].shape == (1, 32, 32, 3) and out["alpha"].shape == (1, 32, 32, 1)
-    assert out["depth"].shape == (1, 32, 32) and out["normal"].shape == (1, 32, 32, 3)
+    assert isinstance(out, RenderOutput)
+    assert out.rgb.shape == (1, 32, 32, 3) and out.alpha.shape == (1, 32, 32, 1)
+    assert out.depth.shape == (1, 32, 32, 1) and out.normals.shape == (1, 32, 32, 3)
     fr = rasterize(verts, faces, cam)
     m = fr.mask
+    assert torch.equal(out.extras["face_id"], fr.face_id)
+    torch.testing.assert_close(out.depth[..., 0], fr.depth)
+    torch.testing.assert_close(out.normals, normal_map(fr, verts, faces))
     # normals of a sphere point away from its centre, towards the camera
     pos = interpolate(verts, fr, faces)
     n = normal_map(fr, verts, faces)
@@ -306,9 +318,9 @@ def test_normals_depth_and_render_mesh_preview():
     assert (flat[m] * n[m]).sum(-1).min() > 0.9
     # depth lies between the sphere's near and far points
     assert fr.depth[m].min() > 3.0 - 0.7 - 1e-4 and fr.depth[m].max() < 3.0 + 1e-4
-    assert (out["depth"][~m] == 0).all()
-    assert ((out["alpha"] >= 0) & (out["alpha"] <= 1)).all()
-    assert torch.allclose(out["rgb"][~m & (out["alpha"][..., 0] == 0)], torch.ones(3))
+    assert (out.depth[~m] == 0).all()
+    assert ((out.alpha >= 0) & (out.alpha <= 1)).all()
+    assert torch.allclose(out.rgb[~m & (out.alpha[..., 0] == 0)], torch.ones(3))
     vn = vertex_normals(verts, faces)
     assert torch.allclose(vn, torch.nn.functional.normalize(verts, dim=-1), atol=0.05)
     lit = shade_lambert(n, torch.ones(3), -cam.world_to_camera[0, 2, :3], ambient=0.0)
@@ -324,7 +336,7 @@ def test_textured_render_and_bad_inputs():
     tex[1, :, 2] = 1.0  # bottom row blue
     cam = orbit_cameras(90.0, -90.0, 3.0, 50.0, 16, 16)  # looking down, world +Y up in image
     out = render_mesh(v, faces, cam, uv=uv, texture=tex, light_dir=torch.tensor([0.0, 0.0, 1.0]), antialias_edges=False)
-    rgb = out["rgb"][0]
+    rgb = out.rgb[0]
     assert rgb[5, 8, 0] > rgb[5, 8, 2] and rgb[10, 8, 2] > rgb[10, 8, 0]
     with pytest.raises(InputError):
         rasterize(v[:, :2], faces, cam)

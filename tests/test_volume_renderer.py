@@ -37,14 +37,14 @@ def test_constant_density_slab_opacity_is_beer_lambert(sigma):
     out = volume_render(_slab(t, a, b, sigma), torch.ones(R, 16, 3, dtype=D64), edges,
                         background=torch.tensor([0.0, 0.0, 1.0], dtype=D64))
     want = 1.0 - math.exp(-sigma * (b - a))
-    torch.testing.assert_close(out["accumulation"], torch.full((R, 1), want, dtype=D64))
+    torch.testing.assert_close(out["alpha"], torch.full((R, 1), want, dtype=D64))
     torch.testing.assert_close(out["rgb"][:, 2], torch.ones(R, dtype=D64))  # white fg + rest blue bg
     torch.testing.assert_close(out["rgb"][:, 0], torch.full((R,), want, dtype=D64))
     # slab inside a longer, jittered range: quadrature converges to the same value
     edges = sample_stratified(torch.zeros(R, dtype=D64), torch.full((R,), 3.0, dtype=D64), 3000,
                               perturb=True, generator=torch.Generator().manual_seed(0))
     t, _ = midpoints(edges)
-    acc = volume_render(_slab(t, a, b, sigma), torch.ones(R, 3000, 3, dtype=D64), edges)["accumulation"]
+    acc = volume_render(_slab(t, a, b, sigma), torch.ones(R, 3000, 3, dtype=D64), edges)["alpha"]
     torch.testing.assert_close(acc, torch.full((R, 1), want, dtype=D64), atol=5e-3, rtol=0)
 
 
@@ -68,7 +68,7 @@ def test_expected_and_accumulated_depth_of_an_opaque_wall():
     ed = volume_render(dens, torch.zeros(1, 400, 3, dtype=D64), edges)
     d = volume_render(dens, torch.zeros(1, 400, 3, dtype=D64), edges, depth_mode="D")
     assert ed["depth"].item() == pytest.approx(2.505, abs=1e-3)  # first midpoint past the wall
-    assert d["depth"].item() == pytest.approx(ed["depth"].item() * ed["accumulation"].item())
+    assert d["depth"].item() == pytest.approx(ed["depth"].item() * ed["alpha"].item())
 
 
 def test_importance_sampling_concentrates_where_the_weights_are():
@@ -101,11 +101,11 @@ def test_k_object_compositing_with_an_empty_object_equals_single_render():
     dens_k = torch.stack([dens, torch.zeros(R, S)], -1)
     col_k = torch.stack([col, torch.rand(R, S, 3, generator=g)], 2)
     multi = composite_objects(dens_k, col_k, edges, background=bg, render_each=True)
-    for k in ("rgb", "accumulation", "depth", "weights"):
+    for k in ("rgb", "alpha", "depth", "weights"):
         torch.testing.assert_close(multi[k], single[k])
-    torch.testing.assert_close(multi["object_opacity"][:, 0:1], single["accumulation"])
+    torch.testing.assert_close(multi["object_opacity"][:, 0:1], single["alpha"])
     assert torch.all(multi["object_opacity"][:, 1] == 0)
-    torch.testing.assert_close(multi["object_rgb"][:, 0] + (1 - single["accumulation"]) * bg, single["rgb"])
+    torch.testing.assert_close(multi["object_rgb"][:, 0] + (1 - single["alpha"]) * bg, single["rgb"])
 
 
 def test_k_object_compositing_mixes_densities_and_splits_opacity():
@@ -122,7 +122,7 @@ def test_k_object_compositing_mixes_densities_and_splits_opacity():
     a_back = (1 - a_front) * (1 - math.exp(-5.0))
     torch.testing.assert_close(out["object_opacity"][0], torch.tensor([a_front, a_back], dtype=D64))
     torch.testing.assert_close(out["rgb"][0], torch.tensor([a_front, a_back, 0.0], dtype=D64))
-    torch.testing.assert_close(out["object_opacity"].sum(-1, keepdim=True), out["accumulation"])
+    torch.testing.assert_close(out["object_opacity"].sum(-1, keepdim=True), out["alpha"])
     torch.testing.assert_close(out["object_alpha"][0, 1], torch.tensor(1 - math.exp(-5.0), dtype=D64))
     # removing the front object shows the back one unoccluded
     hidden = composite_objects(dens, col, edges, visibility=torch.tensor([0.0, 1.0]))

@@ -22,8 +22,12 @@ from layerforge.renderers.mesh import (  # noqa: F401
     interpolate,
     normal_map,
     rasterize,
+    rasterize_clip,
+    rasterize_uv,
     render_mesh,
     sample_texture,
     shade_lambert,
 )
 from layerforge.renderers.gaussians import render_gaussians  # noqa: F401
+from layerforge.renderers.output import RenderOutput  # noqa: F401
+from layerforge.renderers.volume import render_output_from_rays, volume_render  # noqa: F401

@@ -16,6 +16,9 @@
   transmittance to ``<= 1e-4``. NOTE: gsplat 1.4/1.5 clamp at 0.999, not the 0.99 of the
   original 3DGS rasterizer; we follow gsplat (``ALPHA_MAX``).
 - SH colour: ``max(eval_sh(dirs) + 0.5, 0)`` with ``dirs = mean - camera centre``.
+- Depth: each splat contributes its centre's camera-space z (OpenCV +z, not the distance
+  from the camera centre), in both backends (gsplat's ``depths`` are camera z too), so
+  the rendered depth has the :class:`~layerforge.renderers.output.RenderOutput` meaning.
 
 The torch backend works one strip of 16-pixel tile rows at a time with only the splats that
 touch it, at most ``chunk_elems`` pixel x Gaussian pairs at once, so memory stays bounded;
@@ -33,6 +36,7 @@ from torch import Tensor
 
 from layerforge.errors import ConfigError
 from layerforge.renderers.cameras import Camera
+from layerforge.renderers.output import RenderOutput
 from layerforge.renderers.sh import eval_sh, num_sh_bases
 
 __all__ = [
@@ -327,7 +331,7 @@ def render_gaussians(
     depth_mode: DepthMode = "ED",
     eps2d: float = EPS2D,
     chunk_elems: int = 1 << 22,
-) -> dict[str, Tensor]:
+) -> RenderOutput:
     """Render 3D Gaussians into B cameras (gsplat ``rasterization`` semantics, classic mode).
 
     Args:
@@ -350,17 +354,20 @@ def render_gaussians(
             differentiable) or ``"auto"`` (gsplat on CUDA when it imports, else torch;
             a CUDA fallback is logged once with gsplat's import error, see
             :func:`resolve_backend`).
-        depth_mode: ``"ED"`` expected depth ``sum_i w_i z_i / max(alpha, 1e-10)``; ``"D"``
-            accumulated depth ``sum_i w_i z_i`` (gsplat's render modes of the same names).
-            ``w_i`` are the compositing weights, ``z_i`` camera-space z in metres.
+        depth_mode: ``"ED"`` expected depth ``sum_i w_i z_i / max(alpha, 1e-10)`` (the
+            :class:`RenderOutput` meaning: camera z, 0 where empty); ``"D"`` accumulated
+            depth ``sum_i w_i z_i`` (alpha times the expected z; gsplat's render modes of the
+            same names). ``w_i`` are the compositing weights, ``z_i`` the camera-space z of
+            splat i's centre in metres (not its distance from the camera).
         eps2d: low-pass dilation in px² added to each projected covariance (gsplat: 0.3).
         chunk_elems: torch backend only; pixel x Gaussian pairs evaluated at once.
 
     Returns:
-        dict with ``rgb`` [B, H, W, D], ``alpha`` [B, H, W, 1] (accumulated opacity),
-        ``depth`` [B, H, W, 1] (per ``depth_mode``), ``radii`` [B, N] int32 screen radius in
-        pixels (0 = culled) and ``means2d`` [B, N, 2] projected centres (for densification;
-        ``retain_grad`` it before ``backward`` to read screen-space gradients).
+        :class:`RenderOutput` with ``rgb`` [B, H, W, D] (D = 3 with ``sh_coeffs``),
+        ``alpha`` [B, H, W, 1] (accumulated opacity), ``depth`` [B, H, W, 1] (camera z per
+        ``depth_mode``), ``normals`` None, and ``meta``: ``radii`` [B, N] int32 screen radius
+        in pixels (0 = culled) and ``means2d`` [B, N, 2] projected centres (for
+        densification; ``retain_grad`` it before ``backward`` to read screen-space gradients).
     """
     N = means.shape[0]
     if means.shape != (N, 3) or quats.shape != (N, 4) or scales.shape != (N, 3) or opacities.shape != (N,):
@@ -398,7 +405,7 @@ def render_gaussians(
     cols = _gaussian_colors(means, colors, sh_coeffs, sh_degree, cameras)
     rgb, alpha, acc_depth = _rasterize_torch(proj, opacities, cols, cameras.width, cameras.height, bg, chunk_elems)
     depth = acc_depth / alpha.clamp_min(1e-10) if depth_mode == "ED" else acc_depth
-    return {"rgb": rgb, "alpha": alpha, "depth": depth, "radii": proj["radii"], "means2d": proj["means2d"]}
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, meta={"radii": proj["radii"], "means2d": proj["means2d"]})
 
 
 def _render_gsplat(
@@ -413,7 +420,7 @@ def _render_gsplat(
     bg: Tensor | None,
     depth_mode: DepthMode,
     eps2d: float,
-) -> dict[str, Tensor]:
+) -> RenderOutput:
     if means.device.type != "cuda":
         raise ConfigError(
             f"Gaussian backend 'gsplat' needs a CUDA device (tensors are on {means.device})",
@@ -436,10 +443,9 @@ def _render_gsplat(
         sh_degree=sh_degree if sh_coeffs is not None else None,
         packed=False, backgrounds=bg, render_mode="RGB+ED" if depth_mode == "ED" else "RGB+D",
     )
-    return {
-        "rgb": out[..., :-1],
-        "alpha": alpha,
-        "depth": out[..., -1:],
-        "radii": meta["radii"],
-        "means2d": meta["means2d"],
-    }
+    return RenderOutput(
+        rgb=out[..., :-1],
+        alpha=alpha,
+        depth=out[..., -1:],
+        meta={"radii": meta["radii"], "means2d": meta["means2d"]},
+    )

@@ -12,9 +12,15 @@ Visibility rules, identical in both backends (``torch`` reference, ``cuda`` kern
 - A pixel centre is covered by a face when all three edge functions have the sign of the
   face's signed area or are zero (edges and vertices are inclusive). Both windings are drawn
   (no back-face culling); faces with zero screen area are skipped.
-- Faces with any vertex nearer than ``cameras.near`` (camera z) are skipped entirely, not
-  clipped: keep geometry in front of the near plane. Pixels whose depth exceeds
-  ``cameras.far`` stay empty.
+- Faces crossing the near plane (some vertex at camera z < ``cameras.near``, some not) are
+  clipped against z = near in camera space (Sutherland-Hodgman) into one or two triangles
+  before the visibility search, so rooms and panoramas seen from inside draw their walls and
+  floors up to the near plane. The clipped triangles keep the original face id, and their
+  barycentrics refer to the original triangle's three vertices (computed from the pixel ray
+  and the original vertices), so :func:`interpolate` and gradients are unchanged. Both
+  backends get the same clipped triangles (the clipping runs in torch before either search).
+  Faces entirely nearer than ``near`` are dropped; pixels whose depth exceeds ``cameras.far``
+  stay empty.
 - The visible face is the one with the smallest perspective-correct camera depth at the
   pixel centre, ties broken by the smallest face id. Both backends evaluate the same
   float32 operations in the same order and resolve through the packed 64-bit key
@@ -23,6 +29,7 @@ Visibility rules, identical in both backends (``torch`` reference, ``cuda`` kern
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +38,14 @@ from torch import Tensor
 
 from layerforge.errors import ConfigError, InputError
 from layerforge.renderers.cameras import Camera, project
+from layerforge.renderers.output import RenderOutput
 
 __all__ = [
     "Fragments",
     "rasterize",
+    "rasterize_clip",
+    "rasterize_uv",
+    "clip_near",
     "interpolate",
     "antialias",
     "sample_texture",
@@ -57,7 +68,8 @@ class Fragments:
     Attributes:
         face_id: [B, H, W] int64 index into ``faces`` of the visible face; -1 where empty.
         barycentrics: [B, H, W, 3] perspective-correct barycentric weights of the visible
-            face's three vertices (sum to 1; 0 where empty). Differentiable w.r.t. vertices.
+            face's three vertices (sum to 1; 0 where empty), of the original face also where
+            it was clipped at the near plane. Differentiable w.r.t. vertices.
         depth: [B, H, W] camera-space z of the visible surface in metres (OpenCV +z forward,
             not the distance along the ray); **0 where empty**. Differentiable.
     """
@@ -116,14 +128,10 @@ class _ScreenFaces:
     bbox: Tensor  # [M, 4] int64 conservative pixel range j0, j1, i0, i1 (inclusive, clipped)
 
 
-def _screen_faces(pix: Tensor, z: Tensor, faces: Tensor, cameras: Camera) -> _ScreenFaces:
-    """Project faces and drop the ones that cannot cover any pixel centre."""
-    b, _, _ = pix.shape
-    w, h = cameras.width, cameras.height
-    pix = pix.detach().float()
-    z = z.detach().float()
-    xy = pix[:, faces]  # [B, F, 3, 2]
-    fz = z[:, faces]  # [B, F, 3]
+def _pack_faces(batch: Tensor, face: Tensor, xy: Tensor, fz: Tensor, width: int, height: int) -> _ScreenFaces:
+    """Screen data of candidate triangles (xy [M, 3, 2], camera z [M, 3], all float32 and in
+    front of the near plane); drops the ones that cannot cover any pixel centre."""
+    w, h = width, height
     x, y = xy[..., 0], xy[..., 1]
     area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (y[..., 1] - y[..., 0]) * (
         x[..., 2] - x[..., 0]
@@ -133,34 +141,121 @@ def _screen_faces(pix: Tensor, z: Tensor, faces: Tensor, cameras: Camera) -> _Sc
     i0 = torch.floor(y.amin(-1) - 0.5).clamp(-1, h)
     i1 = torch.ceil(y.amax(-1) - 0.5).clamp(-1, h)
     valid = (
-        (fz >= cameras.near).all(-1)
-        & torch.isfinite(xy).all(-1).all(-1)
+        torch.isfinite(xy).all(-1).all(-1)
         & (area != 0)
         & (j1 >= 0)
         & (j0 <= w - 1)
         & (i1 >= 0)
         & (i0 <= h - 1)
     )
-    bi, fi = valid.nonzero(as_tuple=True)
-    sel_xy = xy[bi, fi]
+    keep = valid.nonzero(as_tuple=True)[0]
+    sel_xy = xy[keep]
     bbox = torch.stack(
-        [
-            j0[bi, fi].clamp(0, w - 1),
-            j1[bi, fi].clamp(0, w - 1),
-            i0[bi, fi].clamp(0, h - 1),
-            i1[bi, fi].clamp(0, h - 1),
-        ],
+        [j0[keep].clamp(0, w - 1), j1[keep].clamp(0, w - 1), i0[keep].clamp(0, h - 1), i1[keep].clamp(0, h - 1)],
         dim=-1,
     ).long()
     nxt = sel_xy[:, [2, 0, 1]] - sel_xy[:, [1, 2, 0]]
     return _ScreenFaces(
-        batch=bi,
-        face=fi,
+        batch=batch[keep],
+        face=face[keep],
         xy=sel_xy.contiguous(),
-        inv_z=(1.0 / fz[bi, fi]).contiguous(),
+        inv_z=(1.0 / fz[keep]).contiguous(),
         edge=nxt.contiguous(),
-        area=area[bi, fi].contiguous(),
+        area=area[keep].contiguous(),
         bbox=bbox.contiguous(),
+    )
+
+
+def clip_near(hom: Tensor, near: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Clip triangles against the plane w = ``near`` (Sutherland-Hodgman, one plane).
+
+    Works on homogeneous image coordinates ``(u w, v w, w)`` (``w`` = camera z for a
+    :class:`Camera`, ``hom = K p_cam``), which are linear in camera space, so the clipped
+    polygon is the camera-space one. A triangle with one vertex in front (``w >= near``)
+    becomes one triangle, with two in front a quad split into two triangles (fan from the
+    polygon's first vertex); the polygon keeps the original vertex order, so the winding is
+    kept. An edge's crossing point is interpolated from its front vertex towards its back
+    vertex, so two faces sharing the edge get bit-identical points (no cracks).
+
+    Args:
+        hom: [C, 3, 3] the triangles' three vertices (rows), each ``(u w, v w, w)``;
+            triangles wholly behind the plane give no output.
+        near: the clipping plane, same unit as ``w`` (metres for cameras).
+
+    Returns:
+        ``clipped`` [T, 3, 3] vertices of the T >= C clipped triangles (same layout),
+        ``source`` [T] int64 index of each one's triangle in ``hom``, and ``weights`` [T, 3, 3]
+        with row k the weights of the source triangle's vertices for clipped vertex k
+        (``clipped = weights @ hom[source]`` up to rounding).
+    """
+    c = hom.shape[0]
+    dtype, device = hom.dtype, hom.device
+    w = hom[..., 2]
+    front = w >= near  # [C, 3]
+    a, b = [0, 1, 2], [1, 2, 0]  # edge k runs from vertex k to vertex k + 1
+    fa, fb = front[:, a], front[:, b]
+    crosses = fa != fb  # [C, 3]
+    eye = torch.eye(3, dtype=dtype, device=device)
+    ia = torch.tensor(a, device=device).expand(c, 3)
+    ib = torch.tensor(b, device=device).expand(c, 3)
+    i_in = torch.where(fa, ia, ib)  # the edge's front vertex (when it crosses)
+    i_out = torch.where(fa, ib, ia)
+    h_in = hom.gather(1, i_in[..., None].expand(c, 3, 3))  # [C, 3 edges, 3]
+    h_out = hom.gather(1, i_out[..., None].expand(c, 3, 3))
+    w_in, w_out = h_in[..., 2], h_out[..., 2]
+    denom = torch.where(crosses, w_out - w_in, torch.ones_like(w_in))  # < 0 where it crosses
+    t = torch.where(crosses, (near - w_in) / denom, torch.zeros_like(w_in))  # [C, 3] in [0, 1]
+    x_pos = h_in + t[..., None] * (h_out - h_in)
+    x_wts = (1.0 - t)[..., None] * eye[i_in] + t[..., None] * eye[i_out]
+    # Sutherland-Hodgman output, in order: vertex k if in front, then edge k's crossing point.
+    slot_pos = torch.stack([hom, x_pos], dim=2).reshape(c, 6, 3)
+    slot_wts = torch.stack([eye.expand(c, 3, 3), x_wts], dim=2).reshape(c, 6, 3)
+    slot_ok = torch.stack([front, crosses], dim=2).reshape(c, 6)
+    order = torch.argsort((~slot_ok).to(torch.int8), dim=1, stable=True)  # kept slots first, in order
+    poly_pos = slot_pos.gather(1, order[..., None].expand(c, 6, 3))
+    poly_wts = slot_wts.gather(1, order[..., None].expand(c, 6, 3))
+    count = slot_ok.sum(1)
+    quad = count == 4
+    idx = torch.arange(c, device=device)
+    first, second = [0, 1, 2], [0, 2, 3]
+    clipped = torch.cat([poly_pos[:, first], poly_pos[quad][:, second]])
+    weights = torch.cat([poly_wts[:, first], poly_wts[quad][:, second]])
+    source = torch.cat([idx, idx[quad]])
+    ok = count[source] >= 3  # a triangle wholly behind the plane leaves nothing
+    return clipped[ok], source[ok], weights[ok]
+
+
+def _screen_faces(
+    hom: Tensor, pix: Tensor, z: Tensor, faces: Tensor, width: int, height: int, near: float
+) -> tuple[_ScreenFaces, Tensor]:
+    """Screen data of every (batch, face) pair that can cover a pixel centre.
+
+    Faces wholly in front of ``near`` are used as they are; faces crossing it are clipped
+    (:func:`clip_near`) and their one or two pieces carry the original face id.
+
+    Returns the screen faces and ``crossing`` [B, F] bool (faces that were clipped).
+    """
+    pix = pix.detach().float()
+    z = z.detach().float()
+    xy = pix[:, faces]  # [B, F, 3, 2]
+    fz = z[:, faces]  # [B, F, 3]
+    front = fz >= near
+    whole = front.all(-1)
+    crossing = front.any(-1) & ~whole
+    bi, fi = whole.nonzero(as_tuple=True)
+    parts = [_pack_faces(bi, fi, xy[bi, fi], fz[bi, fi], width, height)]
+    if bool(crossing.any()):
+        cb, cf = crossing.nonzero(as_tuple=True)
+        # clip in the vertices' dtype, then round to float32 like every other face
+        clipped, src, _ = clip_near(hom.detach()[cb[:, None], faces[cf]], near)
+        cz = clipped[..., 2]
+        cxy = (clipped[..., :2] / cz[..., None]).float()
+        parts.append(_pack_faces(cb[src], cf[src], cxy, cz.float().clamp_min(near), width, height))
+    if len(parts) == 1:
+        return parts[0], crossing
+    return (
+        _ScreenFaces(**{k: torch.cat([getattr(p, k) for p in parts]) for k in _ScreenFaces.__dataclass_fields__}),
+        crossing,
     )
 
 
@@ -247,9 +342,16 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _barycentrics(
-    pix: Tensor, z: Tensor, faces: Tensor, face_id: Tensor
+    hom: Tensor, pix: Tensor, z: Tensor, faces: Tensor, face_id: Tensor, crossing: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Differentiable perspective-correct barycentrics and depth at the visible faces."""
+    """Differentiable perspective-correct barycentrics and depth at the visible faces.
+
+    Faces in front of the near plane use screen-space edge functions weighted by 1 / z.
+    Clipped faces (``crossing`` [B, F]; some vertices behind the camera, whose projections are
+    meaningless) use the pixel ray instead: with ``q = (px, py, 1)`` and the homogeneous
+    vertices ``H_k = (u w, v w, w)``, ``b_k ~ det[q, H_k+1, H_k+2]`` (the ray-plane
+    intersection's barycentrics, exact for any vertex depth) and depth ``sum_k b_k w_k``.
+    """
     b, h, w = face_id.shape
     dtype, device = pix.dtype, pix.device
     bary = torch.zeros(b, h, w, 3, dtype=dtype, device=device)
@@ -257,22 +359,75 @@ def _barycentrics(
     bi, ii, jj = (face_id >= 0).nonzero(as_tuple=True)
     if bi.numel() == 0:
         return bary, depth
-    fv = faces[face_id[bi, ii, jj]]  # [P, 3]
-    xy = pix[bi[:, None], fv]  # [P, 3, 2]
-    iz = 1.0 / z[bi[:, None], fv]  # [P, 3]
+    fid = face_id[bi, ii, jj]
+    clipped = crossing[bi, fid]
     px = jj.to(dtype) + 0.5
     py = ii.to(dtype) + 0.5
-    x, y = xy[..., 0], xy[..., 1]
-    w0 = (x[:, 2] - x[:, 1]) * (py - y[:, 1]) - (y[:, 2] - y[:, 1]) * (px - x[:, 1])
-    w1 = (x[:, 0] - x[:, 2]) * (py - y[:, 2]) - (y[:, 0] - y[:, 2]) * (px - x[:, 2])
-    w2 = (x[:, 1] - x[:, 0]) * (py - y[:, 0]) - (y[:, 1] - y[:, 0]) * (px - x[:, 0])
-    screen = torch.stack([w0, w1, w2], dim=-1)
-    screen = screen / screen.sum(-1, keepdim=True)
-    persp = screen * iz
-    inv = persp.sum(-1, keepdim=True)
-    bary = bary.index_put((bi, ii, jj), persp / inv)
-    depth = depth.index_put((bi, ii, jj), 1.0 / inv[:, 0])
+    r = (~clipped).nonzero(as_tuple=True)[0]
+    if r.numel():
+        fv = faces[fid[r]]  # [P, 3]
+        xy = pix[bi[r, None], fv]  # [P, 3, 2]
+        iz = 1.0 / z[bi[r, None], fv]  # [P, 3]
+        x, y = xy[..., 0], xy[..., 1]
+        qx, qy = px[r], py[r]
+        w0 = (x[:, 2] - x[:, 1]) * (qy - y[:, 1]) - (y[:, 2] - y[:, 1]) * (qx - x[:, 1])
+        w1 = (x[:, 0] - x[:, 2]) * (qy - y[:, 2]) - (y[:, 0] - y[:, 2]) * (qx - x[:, 2])
+        w2 = (x[:, 1] - x[:, 0]) * (qy - y[:, 0]) - (y[:, 1] - y[:, 0]) * (qx - x[:, 0])
+        screen = torch.stack([w0, w1, w2], dim=-1)
+        screen = screen / screen.sum(-1, keepdim=True)
+        persp = screen * iz
+        inv = persp.sum(-1, keepdim=True)
+        bary = bary.index_put((bi[r], ii[r], jj[r]), persp / inv)
+        depth = depth.index_put((bi[r], ii[r], jj[r]), 1.0 / inv[:, 0])
+    c = clipped.nonzero(as_tuple=True)[0]
+    if c.numel():
+        hv = hom[bi[c, None], faces[fid[c]]]  # [P, 3, 3] rows H_k
+        q = torch.stack([px[c], py[c], torch.ones_like(px[c])], dim=-1)  # [P, 3]
+        det = torch.stack(
+            [(q * torch.linalg.cross(hv[:, (k + 1) % 3], hv[:, (k + 2) % 3], dim=-1)).sum(-1) for k in range(3)],
+            dim=-1,
+        )
+        bc = det / det.sum(-1, keepdim=True)
+        bary = bary.index_put((bi[c], ii[c], jj[c]), bc)
+        depth = depth.index_put((bi[c], ii[c], jj[c]), (bc * hv[..., 2]).sum(-1))
     return bary, depth
+
+
+def _homogeneous(cameras: Camera, vertices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Homogeneous image coordinates ``K p_cam`` [B, V, 3] and, as :func:`project`, pixels
+    [B, V, 2] and camera z [B, V] of world vertices [B, V, 3]."""
+    w2c = cameras.world_to_camera.to(vertices.dtype)
+    p_cam = vertices @ w2c[:, :3, :3].transpose(-1, -2) + w2c[:, None, :3, 3]
+    z = p_cam[..., 2]
+    p_img = p_cam @ cameras.K.to(vertices.dtype).transpose(-1, -2)
+    pix = p_img[..., :2] / z[..., None]
+    return torch.cat([p_img[..., :2], z[..., None]], dim=-1), pix, z
+
+
+def _rasterize_homogeneous(
+    hom: Tensor,
+    pix: Tensor,
+    z: Tensor,
+    faces: Tensor,
+    height: int,
+    width: int,
+    near: float,
+    far: float,
+    backend: str,
+    max_candidates: int,
+) -> Fragments:
+    """Visibility + barycentrics for vertices given as homogeneous pixel coordinates [B, V, 3]."""
+    which = _resolve_backend(backend, hom.device)
+    sf, crossing = _screen_faces(hom, pix, z, faces, width, height, near)
+    b = hom.shape[0]
+    if which == "torch":
+        face_id = _visibility_torch(sf, b, height, width, far, max_candidates)
+    else:
+        from layerforge.renderers.mesh_cuda import visibility_cuda
+
+        face_id = visibility_cuda(sf, b, height, width, far)
+    bary, depth = _barycentrics(hom, pix, z, faces, face_id, crossing)
+    return Fragments(face_id=face_id, barycentrics=bary, depth=depth)
 
 
 def rasterize(
@@ -285,6 +440,9 @@ def rasterize(
 ) -> Fragments:
     """Find the visible triangle and its barycentrics at every pixel centre.
 
+    Faces crossing the camera's near plane are clipped there (see the module docstring), so
+    geometry around and behind the camera (a room seen from inside) is drawn correctly.
+
     Args:
         vertices: world positions [V, 3] (shared by all views) or [B, V, 3], metres. Any
             float dtype; gradients flow into ``barycentrics`` and ``depth``.
@@ -296,23 +454,113 @@ def rasterize(
 
     Returns:
         :class:`Fragments` with face_id [B, H, W] (-1 empty), barycentrics [B, H, W, 3]
-        and depth [B, H, W] (camera z, 0 where empty). Visibility is decided in float32;
-        barycentrics and depth are computed in the dtype of ``vertices``.
+        (of the original face's vertices, also for clipped faces) and depth [B, H, W] (camera
+        z, 0 where empty). Visibility is decided in float32; barycentrics and depth are
+        computed in the dtype of ``vertices``.
     """
     vertices, faces = _check_mesh(vertices, faces, cameras)
     cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
-    pix, z = project(cams, vertices)
-    which = _resolve_backend(backend, vertices.device)
-    sf = _screen_faces(pix, z, faces, cams)
-    b, h, w = len(cams), cams.height, cams.width
-    if which == "torch":
-        face_id = _visibility_torch(sf, b, h, w, cams.far, max_candidates)
-    else:
-        from layerforge.renderers.mesh_cuda import visibility_cuda
+    hom, pix, z = _homogeneous(cams, vertices)
+    return _rasterize_homogeneous(
+        hom, pix, z, faces, cams.height, cams.width, cams.near, cams.far, backend, max_candidates
+    )
 
-        face_id = visibility_cuda(sf, b, h, w, cams.far)
-    bary, depth = _barycentrics(pix, z, faces, face_id)
-    return Fragments(face_id=face_id, barycentrics=bary, depth=depth)
+
+# Default clip-space near plane: the Camera default (metres when w is camera z).
+CLIP_NEAR = 0.01
+
+
+def rasterize_clip(
+    clip_xyw: Tensor,
+    faces: Tensor,
+    height: int,
+    width: int,
+    *,
+    near: float = CLIP_NEAR,
+    far: float = math.inf,
+    backend: str = "auto",
+    max_candidates: int = 1 << 21,
+) -> Fragments:
+    """Rasterize triangles given in clip space, without a :class:`Camera`.
+
+    A vertex ``(x, y, w)`` lands at normalised device coordinates ``(x / w, y / w)``, where
+    ``(-1, -1)`` is the **top-left** corner of the image and ``(1, 1)`` the bottom-right
+    (+x right, +y down, as OpenCV pixels; OpenGL clip coordinates need ``y -> -y``, and their
+    z is not used). Pixel (i, j) is sampled at NDC ``((2 j + 1) / W - 1, (2 i + 1) / H - 1)``.
+    Interpolation is perspective-correct in ``w``, the nearest interpolated ``w`` is visible
+    (ties: smallest face id), and triangles crossing ``w = near`` are clipped there. With
+    ``w = 1`` everywhere (UV maps, :func:`rasterize_uv`) interpolation is affine.
+
+    Args:
+        clip_xyw: [V, 3] or [B, V, 3] clip-space positions (x, y, w); any float dtype,
+            differentiable like :func:`rasterize`'s vertices.
+        faces: [F, 3] integer vertex indices (either winding).
+        height, width: image size H x W in pixels.
+        near: clip plane in ``w``; geometry at smaller ``w`` is cut away.
+        far: pixels whose interpolated ``w`` exceeds this stay empty.
+        backend, max_candidates: as :func:`rasterize`.
+
+    Returns:
+        :class:`Fragments` [B, H, W] (B = 1 for [V, 3] input); ``depth`` holds the
+        interpolated ``w``.
+    """
+    if clip_xyw.dim() == 2:
+        clip_xyw = clip_xyw[None]
+    if clip_xyw.dim() != 3 or clip_xyw.shape[-1] != 3:
+        raise InputError(
+            f"clip_xyw must be [V, 3] or [B, V, 3], got {tuple(clip_xyw.shape)}", "pass (x, y, w) per vertex"
+        )
+    if faces.dim() != 2 or faces.shape[-1] != 3:
+        raise InputError(f"faces must be [F, 3], got {tuple(faces.shape)}", "pass triangle indices")
+    faces = faces.long()
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= clip_xyw.shape[1]):
+        raise InputError("faces index vertices out of range", "check the face indices")
+    if height < 1 or width < 1:
+        raise InputError(f"image size must be positive, got {height} x {width}", "pass height, width >= 1")
+    if not 0.0 < near < far:
+        raise ConfigError(f"rasterize_clip needs 0 < near < far, got near={near} far={far}", "pass a positive near")
+    x, y, w = clip_xyw.unbind(-1)
+    # pixel u = (x / w + 1) W / 2, so u w = (x + w) W / 2 (and likewise v)
+    hom = torch.stack([(x + w) * (0.5 * width), (y + w) * (0.5 * height), w], dim=-1)
+    pix = hom[..., :2] / w[..., None]
+    return _rasterize_homogeneous(hom, pix, w, faces, height, width, near, far, backend, max_candidates)
+
+
+def rasterize_uv(
+    uv: Tensor,
+    faces: Tensor,
+    resolution: int | tuple[int, int],
+    *,
+    backend: str = "auto",
+) -> Fragments:
+    """Rasterize a mesh's UV layout into an H x W texture image (for baking).
+
+    Texel (i, j) is sampled at its centre ``u = (j + 0.5) / W``, ``v = 1 - (i + 0.5) / H``:
+    the OBJ/Blender convention of :func:`sample_texture` (v up, row 0 the top of the image),
+    so ``sample_texture(baked, uv)`` at a texel centre returns that texel. A texel is covered
+    when its centre is inside (or on an edge of) a UV triangle; where UV triangles overlap, the
+    smallest face id wins. Bake any per-vertex attribute with :func:`interpolate`, e.g.
+    ``interpolate(vertices, rasterize_uv(uv, uv_faces, 1024), faces)`` is a [1, H, W, 3]
+    world-position map (0 where no triangle), ``normal_map(frags, vertices, faces)`` a
+    world-normal map.
+
+    Args:
+        uv: [Vt, 2] or [B, Vt, 2] texture coordinates (u right, v up, in [0, 1]²).
+        faces: [F, 3] indices into ``uv`` (a mesh's UV faces; face k must be the same
+            triangle as face k of the position faces passed to :func:`interpolate`).
+        resolution: texture size: ``S`` for S x S, or ``(H, W)``.
+        backend: as :func:`rasterize`.
+
+    Returns:
+        :class:`Fragments` [B, H, W] (B = 1 for [Vt, 2]); barycentrics are affine in UV;
+        ``depth`` is 1 where covered.
+    """
+    if uv.dim() not in (2, 3) or uv.shape[-1] != 2:
+        raise InputError(f"uv must be [Vt, 2] or [B, Vt, 2], got {tuple(uv.shape)}", "pass (u, v) per vertex")
+    h, w = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+    one = torch.ones_like(uv[..., :1])
+    clip = torch.cat([uv[..., :1] * 2.0 - 1.0, 1.0 - uv[..., 1:] * 2.0, one], dim=-1)
+    return rasterize_clip(clip, faces, h, w, backend=backend)
 
 
 def interpolate(attributes: Tensor, fragments: Fragments, faces: Tensor) -> Tensor:
@@ -385,7 +633,9 @@ def antialias(
     ``t`` is a differentiable function of the silhouette edge's projected vertices, which
     is where the gradient w.r.t. vertex positions at silhouettes comes from. Pairs whose
     walk leaves the segment (t >= 1: both pixels on one continuous surface) or takes more
-    than ``max_walk`` faces are left unchanged.
+    than ``max_walk`` faces are left unchanged, and so are pairs whose walk starts in or
+    reaches a face with a vertex nearer than ``cameras.near`` (clipped faces: their projected
+    edges are meaningless, so their silhouettes get no blend and no silhouette gradient).
 
     Each silhouette edge is blended across its dominant direction only: an edge whose
     projection is more horizontal than vertical (``|dx| > |dy|``) by vertical pairs, any
@@ -417,6 +667,7 @@ def antialias(
     cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
     pix, z = project(cams, vertices)  # [B, V, 2] with grad
     nb = edge_neighbours(faces) if neighbours is None else neighbours.long()
+    near_cut = (z.detach()[:, faces] < cams.near).any(-1)  # [B, F] faces the rasterizer clipped
     x = pix.detach()[:, faces]  # [B, F, 3, 2]
     area = (x[..., 1, 0] - x[..., 0, 0]) * (x[..., 2, 1] - x[..., 0, 1]) - (
         x[..., 1, 1] - x[..., 0, 1]
@@ -453,7 +704,7 @@ def antialias(
             )
 
         ca, co = centre(a), centre(o)
-        cur, k, keep = _walk_to_silhouette(pix_d, area, faces, nb, ba, fa, ca, co, max_walk)
+        cur, k, keep = _walk_to_silhouette(pix_d, area, faces, nb, ba, fa, ca, co, max_walk, near_cut)
         # Each silhouette edge is blended only across its dominant direction (see docstring):
         # a mostly horizontal edge (|dx| > |dy|) by vertical pairs, any other by horizontal ones.
         ev = faces[cur]
@@ -491,13 +742,15 @@ def _walk_to_silhouette(
     ca: Tensor,
     co: Tensor,
     max_walk: int,
+    near_cut: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Follow segments ca -> co from face fa across same-facing neighbours to a silhouette.
 
+    A walk that starts in or would enter a face of ``near_cut`` [B, F] stops, not found.
     Returns (face [P], edge index k [P] (edge v_k -> v_{k+1}), found [P] bool). No gradients.
     """
     cur = fa.clone()
-    active = torch.ones_like(fa, dtype=torch.bool)
+    active = ~near_cut[ba, fa]
     found = torch.zeros_like(active)
     k_hit = torch.zeros_like(fa)
     for _ in range(max_walk):
@@ -511,11 +764,12 @@ def _walk_to_silhouette(
         k = t_exit.argmin(-1)
         beyond = t_exit.gather(1, k[:, None])[:, 0] >= 1.0
         nxt = nb[cur, k]
+        into_cut = (nxt >= 0) & near_cut[ba, nxt.clamp_min(0)]
         sil = (nxt < 0) | (torch.sign(area[ba, nxt.clamp_min(0)]) != sgn[:, 0])
-        hit = active & ~beyond & sil
+        hit = active & ~beyond & sil & ~into_cut
         found |= hit
         k_hit = torch.where(hit, k, k_hit)
-        active = active & ~beyond & ~sil
+        active = active & ~beyond & ~sil & ~into_cut
         cur = torch.where(hit | ~active, cur, nxt)
         if not bool(active.any()):
             break
@@ -634,7 +888,7 @@ def render_mesh(
     background: float | Tensor = 0.0,
     antialias_edges: bool = True,
     backend: str = "auto",
-) -> dict[str, Tensor]:
+) -> RenderOutput:
     """Shaded preview render of one mesh.
 
     Args:
@@ -648,11 +902,14 @@ def render_mesh(
         light_dir: [3] or [B, 3] world direction towards the light; default: from the camera.
         background: colour where empty (float or [3]).
         antialias_edges: run :func:`antialias` on the result.
+        backend: rasterizer backend, as :func:`rasterize`.
 
     Returns:
-        dict with ``rgb`` [B, H, W, 3], ``alpha`` [B, H, W, 1] (antialiased coverage),
-        ``depth`` [B, H, W] (camera z, 0 where empty), ``normal`` [B, H, W, 3] (world, unit,
-        0 where empty).
+        :class:`RenderOutput`: ``rgb`` [B, H, W, 3], ``alpha`` [B, H, W, 1] (antialiased
+        coverage), ``depth`` [B, H, W, 1] (camera z in metres of the visible surface, 0 where
+        empty; not antialiased), ``normals`` [B, H, W, 3] (world, unit, interpolated vertex
+        normals, 0 where empty), extras ``face_id`` [B, H, W] int64 (-1 where empty) and
+        ``barycentrics`` [B, H, W, 3] (:class:`Fragments`).
     """
     frags = rasterize(vertices, faces, cameras, backend)
     dtype = frags.barycentrics.dtype
@@ -675,4 +932,10 @@ def render_mesh(
     if antialias_edges:
         both = antialias(torch.cat([rgb, alpha], dim=-1), frags, vertices, faces, cameras)
         rgb, alpha = both[..., :3], both[..., 3:]
-    return {"rgb": rgb, "alpha": alpha, "depth": frags.depth, "normal": normal}
+    return RenderOutput(
+        rgb=rgb,
+        alpha=alpha,
+        depth=frags.depth[..., None],
+        normals=normal,
+        extras={"face_id": frags.face_id, "barycentrics": frags.barycentrics},
+    )

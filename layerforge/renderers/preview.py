@@ -76,7 +76,7 @@ def render_asset_views(
             background=background,
             antialias_edges=False,
         )
-    rgb = out["rgb"].clamp(0, 1).numpy()  # [n, H, W, 3]
+    rgb = out.rgb.clamp(0, 1).numpy()  # [n, H, W, 3]
     return np.concatenate(list(rgb), axis=1).astype(np.float32)
 
 

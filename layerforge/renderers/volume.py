@@ -6,7 +6,14 @@ fields are queried at the midpoints (:func:`midpoints`) and treated as constant 
 interval (the usual NeRF quadrature). ``R`` is any number of rays (flatten [B, H, W] first).
 
 Compositing: ``alpha_i = 1 - exp(-sigma_i delta_i)``, ``T_i = exp(-sum_{j<i} sigma_j delta_j)``,
-``w_i = T_i alpha_i``; colour ``sum_i w_i c_i + (1 - sum_i w_i) * background``.
+``w_i = T_i alpha_i``; colour ``sum_i w_i c_i + (1 - sum_i w_i) * background``; a ray's
+``alpha`` (accumulated opacity) is ``sum_i w_i``.
+
+Depth along a ray is the **ray parameter t** (the distance from the origin when directions
+are unit length, as :func:`~layerforge.renderers.cameras.generate_rays` gives by default), not
+camera z. :func:`render_output_from_rays` turns the per-ray outputs of full camera images
+into a :class:`~layerforge.renderers.output.RenderOutput` with camera-z depth
+(``z = t (d . forward)``, ``forward`` the camera's +z axis in world).
 
 Plain torch on purpose: nerfstudio's samplers and renderers compute the same quantities
 but need its ``RayBundle``/``Frustums`` containers and a ~1 s import; the tests check our
@@ -20,6 +27,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from layerforge.errors import InputError
+from layerforge.renderers.cameras import Camera, generate_rays
+from layerforge.renderers.output import RenderOutput
+
 __all__ = [
     "midpoints",
     "sample_stratified",
@@ -30,6 +41,7 @@ __all__ = [
     "expected_depth",
     "volume_render",
     "composite_objects",
+    "render_output_from_rays",
     "volsdf_density",
     "neus_density",
     "neus_alpha",
@@ -152,8 +164,9 @@ def expected_depth(weights: Tensor, edges: Tensor, mode: DepthMode = "ED") -> Te
     """Depth [R, 1] along the ray at the interval midpoints.
 
     ``"ED"``: expected depth ``sum w_i t_i / max(sum w_i, 1e-10)``; ``"D"``: accumulated
-    depth ``sum w_i t_i`` (the names of gsplat's render modes). ``t`` is distance along the
-    ray (camera z only if the directions have unit camera z).
+    depth ``sum w_i t_i`` (the names of gsplat's render modes). ``t`` is the ray parameter:
+    the distance along the ray for unit directions, camera z only if the directions have unit
+    camera z (``generate_rays(normalize=False)``); :func:`render_output_from_rays` converts.
     """
     t, _ = midpoints(edges)
     d = (weights * t).sum(-1, keepdim=True)
@@ -182,14 +195,16 @@ def volume_render(
         depth_mode: ``"ED"`` expected or ``"D"`` accumulated depth (:func:`expected_depth`).
 
     Returns:
-        dict: ``rgb`` [R, C], ``accumulation`` [R, 1] (opacity), ``depth`` [R, 1],
-        ``weights`` [R, S], ``transmittance`` [R, S].
+        dict, per ray: ``rgb`` [R, C], ``alpha`` [R, 1] (accumulated opacity ``sum_i w_i``),
+        ``depth`` [R, 1] along the ray in units of ``edges`` (ray distance for unit
+        directions, **not** camera z: see :func:`render_output_from_rays`), ``weights``
+        [R, S], ``transmittance`` [R, S].
     """
     _, deltas = midpoints(edges)
     w, trans = weights_from_density(densities, deltas)
     return {
         "rgb": composite(w, colors, background),
-        "accumulation": w.sum(-1, keepdim=True),
+        "alpha": w.sum(-1, keepdim=True),
         "depth": expected_depth(w, edges, depth_mode),
         "weights": w,
         "transmittance": trans,
@@ -211,7 +226,7 @@ def composite_objects(
     Densities add, ``sigma = sum_k sigma_k``; colours mix density-weighted,
     ``c = sum_k sigma_k c_k / sigma``. Object ``k``'s share of each weight is
     ``w_ik = w_i sigma_ik / sigma_i``, so ``rgb = sum_ik w_ik c_ik`` (no division where
-    sigma = 0) and the per-object opacities sum to the total accumulation.
+    sigma = 0) and the per-object opacities sum to the total opacity ``alpha``.
 
     Args:
         densities: [R, S, K] per-object densities (activated), 1/m. Object 0 is usually the
@@ -225,11 +240,13 @@ def composite_objects(
         render_each: also render every object alone (as if the others were removed).
 
     Returns:
-        dict: ``rgb`` [R, C], ``accumulation`` [R, 1], ``depth`` [R, 1], ``weights`` [R, S],
+        dict, per ray: ``rgb`` [R, C], ``alpha`` [R, 1] (accumulated opacity), ``depth``
+        [R, 1] (along the ray, as :func:`volume_render`), ``weights`` [R, S],
         ``object_weights`` [R, S, K] (per-object weight shares), ``object_opacity`` [R, K]
-        (per-object opacity/mask map inside the composite, sums to ``accumulation``), and
+        (per-object opacity/mask map inside the composite, sums to ``alpha``), and
         with ``render_each``: ``object_rgb`` [R, K, C], ``object_alpha`` [R, K],
-        ``object_depth`` [R, K] of each object rendered alone (colour without background).
+        ``object_depth`` [R, K] (along the ray) of each object rendered alone (colour
+        without background).
     """
     if visibility is not None:
         densities = densities * visibility.to(densities)
@@ -244,7 +261,7 @@ def composite_objects(
         rgb = rgb + (1.0 - w.sum(-1, keepdim=True)) * background
     out = {
         "rgb": rgb,
-        "accumulation": w.sum(-1, keepdim=True),
+        "alpha": w.sum(-1, keepdim=True),
         "depth": expected_depth(w, edges, depth_mode),
         "weights": w,
         "object_weights": ow,
@@ -262,6 +279,76 @@ def composite_objects(
             dep = dep / acc_k.clamp_min(1e-10)
         out["object_depth"] = dep.T
     return out
+
+
+# Per-ray outputs that are distances along the ray; render_output_from_rays makes them camera z.
+_RAY_DEPTH_KEYS = ("depth", "object_depth")
+
+
+def render_output_from_rays(
+    ray_outputs: dict[str, Tensor],
+    cameras: Camera,
+    directions: Tensor | None = None,
+) -> RenderOutput:
+    """Per-ray outputs of B full camera images -> :class:`RenderOutput` with camera-z depth.
+
+    The rays must be every pixel of every camera in :func:`generate_rays` order (R = B H W,
+    batch-major, then rows, then columns), e.g. ``generate_rays(cameras)`` flattened to
+    [R, 3]. Depth (the ray parameter ``t``) becomes camera z, ``z = t (d . forward)`` with
+    ``d`` the direction the ray was marched along and ``forward`` the camera's +z axis in
+    world; for unit ``d`` that is the distance times the cosine to the optical axis, for
+    ``generate_rays(normalize=False)`` directions ``d . forward = 1`` and t already is z.
+    The expected depth converts exactly (the factor is constant along a ray).
+
+    Args:
+        ray_outputs: :func:`volume_render` / :func:`composite_objects` outputs, each [R, ...]:
+            ``rgb`` [R, C], ``alpha`` [R, 1], ``depth`` [R, 1] (along the ray), optional
+            ``normals`` [R, 3] (world, unit); every other entry goes to ``extras`` as
+            [B, H, W, ...] (``weights`` [B, H, W, S], ``object_opacity`` [B, H, W, K], ...;
+            ``object_depth`` is converted to camera z like ``depth``).
+        cameras: the B cameras (H x W) the rays came from.
+        directions: [R, 3] or [B, H, W, 3] world directions the rays were marched along;
+            default the unit directions of ``generate_rays(cameras)``.
+
+    Returns:
+        :class:`RenderOutput` [B, H, W, ...]; depth 0 where ``alpha`` is 0.
+    """
+    b, h, w = len(cameras), cameras.height, cameras.width
+    r = b * h * w
+    for key in ("rgb", "alpha", "depth"):
+        if key not in ray_outputs:
+            raise InputError(f"ray outputs have no {key!r}", "pass the dict volume_render returns")
+    if ray_outputs["rgb"].shape[0] != r:
+        raise InputError(
+            f"{ray_outputs['rgb'].shape[0]} rays for {b} camera(s) of {h} x {w} = {r} pixels",
+            "render one ray per pixel, in generate_rays order",
+        )
+    ref = ray_outputs["depth"]
+    cams = cameras.to(device=ref.device, dtype=ref.dtype)
+    if directions is None:
+        _, directions = generate_rays(cams)
+    d = directions.to(ref).reshape(b, h * w, 3)
+    forward = cams.world_to_camera[:, 2, :3]  # [B, 3] camera +z in world (row 2 of R)
+    cos = (d * forward[:, None, :]).sum(-1).reshape(r, 1)  # [R, 1]
+
+    def image(t: Tensor) -> Tensor:
+        return t.reshape(b, h, w, *t.shape[1:])
+
+    alpha = ray_outputs["alpha"]
+    depth = torch.where(alpha > 0, ray_outputs["depth"] * cos, torch.zeros_like(ref))
+    extras = {}
+    for key, val in ray_outputs.items():
+        if key in ("rgb", "alpha", "depth", "normals"):
+            continue
+        extras[key] = image(val * cos if key in _RAY_DEPTH_KEYS else val)
+    normals = ray_outputs.get("normals")
+    return RenderOutput(
+        rgb=image(ray_outputs["rgb"]),
+        alpha=image(alpha),
+        depth=image(depth),
+        normals=None if normals is None else image(normals),
+        extras=extras,
+    )
 
 
 def volsdf_density(sdf: Tensor, beta: Tensor | float, alpha: Tensor | float | None = None) -> Tensor:

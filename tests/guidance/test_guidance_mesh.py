@@ -34,7 +34,7 @@ def test_sds_fits_vertex_colours_through_the_renderer(tiny_sd_pipe, oracle_cls):
 
     def render(colours: torch.Tensor) -> torch.Tensor:
         out = mesh.render_mesh(verts, faces, cam, vertex_colors=colours, antialias_edges=False)
-        return torch.cat([out["rgb"], out["alpha"]], -1)  # [1, 32, 32, 4]: colour + mask, latent-direct
+        return torch.cat([out.rgb, out.alpha], -1)  # [1, 32, 32, 4]: colour + mask, latent-direct
 
     g = SDSGuidance(dict(prompt="a plane", latent_size=S, device="cpu", latent_mode="direct", guidance_scale=7.5,
                          weighting="dreamfusion"), pipe=tiny_sd_pipe)
