@@ -1,4 +1,4 @@
-"""Inpainting: unmasked pixels unchanged, holes filled; OpenCV default without a model."""
+"""Inpainting: unmasked pixels unchanged, holes filled; OpenCV default without a model; linear in and out."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from layerforge.assets.types import srgb_to_linear
 from layerforge.errors import ConfigError, ModelNotFoundError
 from layerforge.models.guidance import Inpainter
 
@@ -56,3 +57,62 @@ def test_diffusion_inpainting_keeps_unmasked_pixels(tiny_models):
     assert torch.equal(out[~mask], image[~mask])
     assert (out[mask] - image[mask]).abs().mean() > 1e-3  # the random model did paint the hole
     np.testing.assert_array_equal(inp(image, mask).numpy(), out.numpy())  # seeded
+
+
+def _linear_from_srgb_codes(h: int, w: int) -> tuple[np.ndarray, torch.Tensor]:
+    """(a smooth 8-bit sRGB picture [H, W, 3], the linear float image it encodes)."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    codes = np.round(np.stack([xx, yy, 0.5 * (xx + yy)], -1) * 255).astype(np.uint8)
+    return codes, torch.from_numpy(srgb_to_linear(codes / 255.0))
+
+
+class _SpyPipe:
+    """Delegates to a real diffusers pipeline, recording what each call received and returned."""
+
+    def __init__(self, pipe) -> None:
+        self._pipe, self.calls = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, **kwargs):
+        out = self._pipe(**kwargs)
+        self.calls.append((kwargs, np.array(out.images[0], copy=True)))
+        return out
+
+
+def test_diffusion_inpainter_takes_linear_and_feeds_the_model_srgb(tiny_models):
+    """Contract: the model gets the image's 8-bit sRGB encoding; its sRGB result comes back as
+    linear in the hole; unmasked pixels are the input's linear values, bit for bit."""
+    inp = Inpainter({"pretrained_model_name_or_path": str(tiny_models.inpaint), "device": "cpu",
+                     "num_inference_steps": 2, "prompt": "a chair"})
+    inp.pipe = spy = _SpyPipe(inp.pipe)
+    codes, image = _linear_from_srgb_codes(48, 64)  # multiples of 8: no resize on either side
+    mask = torch.zeros(48, 64, dtype=torch.bool)
+    mask[10:30, 16:40] = True
+    out = inp(image, mask)
+    (kwargs, returned), = spy.calls
+    np.testing.assert_array_equal(np.asarray(kwargs["image"]), codes)
+    np.testing.assert_array_equal(np.asarray(kwargs["mask_image"]) > 127, mask.numpy())
+    torch.testing.assert_close(out[mask], torch.from_numpy(srgb_to_linear(returned))[mask], rtol=0, atol=1e-5)
+    assert (out[mask] - torch.from_numpy(returned)[mask]).abs().max() > 1e-2  # not the model's sRGB itself
+    assert torch.equal(out[~mask], image[~mask])
+
+
+def test_opencv_inpainter_works_on_srgb_and_returns_linear(monkeypatch):
+    import cv2
+
+    seen = []
+    fill = np.full((40, 56, 3), 128, np.uint8)
+
+    def fake_inpaint(src, mask, radius, flags):
+        seen.append(src.copy())
+        return fill
+
+    monkeypatch.setattr(cv2, "inpaint", fake_inpaint)
+    codes, image = _linear_from_srgb_codes(40, 56)
+    _, mask = _scene()
+    out = Inpainter(None)(image, mask)
+    np.testing.assert_array_equal(seen[0], codes)
+    torch.testing.assert_close(out[mask], torch.full_like(out[mask], float(srgb_to_linear(np.float32(128 / 255)))))
+    assert torch.equal(out[~mask], image[~mask])

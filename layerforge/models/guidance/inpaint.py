@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerforge.assets.types import linear_to_srgb, srgb_to_linear
 from layerforge.errors import ConfigError
 from layerforge.models.guidance.loading import LoadOptions, config_from_mapping, load_pipeline
 
@@ -40,19 +41,12 @@ class InpaintConfig(LoadOptions):
 
 
 
-def _to_srgb(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(np.clip(x, 0.0031308, None), 1 / 2.4) - 0.055)
-
-
-def _to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, np.power((np.clip(x, 0.04045, None) + 0.055) / 1.055, 2.4))
-
-
 class Inpainter:
     """Fill masked pixels of an image; unmasked pixels are returned bit-identical.
 
-    Diffusion models see sRGB (what they were trained on); the conversion to and from our
-    linear images happens here.
+    Colour contract: takes and returns linear RGB. The diffusion model (and OpenCV) see 8-bit
+    sRGB, what they were trained on / designed for; the image is sRGB-encoded right before that
+    call and its result decoded back to linear right after. Unmasked pixels never make the trip.
     """
 
     def __init__(self, config: InpaintConfig | Mapping[str, Any] | None = None, pipe: Any | None = None,
@@ -75,7 +69,8 @@ class Inpainter:
         """Inpaint.
 
         image: [H, W, 3] float linear RGB in [0, 1]. mask: [H, W] bool (or {0,1}), True = fill.
-        Returns [H, W, 3] float32 torch tensor; pixels outside the (dilated) mask equal the input.
+        Returns [H, W, 3] float32 linear RGB torch tensor; pixels outside the (dilated) mask equal
+        the input bit for bit.
         """
         img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
         m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
@@ -105,9 +100,9 @@ class Inpainter:
         import cv2
 
         flag = cv2.INPAINT_TELEA if self.config.classical_method == "telea" else cv2.INPAINT_NS
-        srgb8 = np.clip(np.round(_to_srgb(np.clip(img, 0, 1)) * 255), 0, 255).astype(np.uint8)
+        srgb8 = np.round(linear_to_srgb(img) * 255).astype(np.uint8)  # OpenCV works on 8-bit sRGB
         filled = cv2.inpaint(srgb8, m.astype(np.uint8), self.config.classical_radius_px, flag)
-        return _to_linear(filled.astype(np.float32) / 255.0).astype(np.float32)
+        return srgb_to_linear(filled.astype(np.float32) / 255.0)
 
     def _diffusion(self, img: np.ndarray, m: np.ndarray, prompt: str, seed: int) -> np.ndarray:
         import cv2
@@ -115,8 +110,10 @@ class Inpainter:
 
         h, w = m.shape
         h8, w8 = max(8, round(h / 8) * 8), max(8, round(w / 8) * 8)
-        srgb = np.clip(_to_srgb(np.clip(img, 0, 1)), 0, 1)
-        pil = Image.fromarray((srgb * 255).round().astype(np.uint8)).resize((w8, h8), Image.BICUBIC)
+        srgb8 = np.round(linear_to_srgb(img) * 255).astype(np.uint8)  # the model boundary: 8-bit sRGB in
+        pil = Image.fromarray(srgb8)
+        if (h8, w8) != (h, w):
+            pil = pil.resize((w8, h8), Image.BICUBIC)
         pil_mask = Image.fromarray(m.astype(np.uint8) * 255).resize((w8, h8), Image.NEAREST)
         device = getattr(self.pipe, "_execution_device", None) or self.pipe.device
         gen = torch.Generator(device="cpu" if torch.device(device).type != "cuda" else device).manual_seed(seed)
@@ -126,4 +123,4 @@ class Inpainter:
                         guidance_scale=cfg.guidance_scale, strength=cfg.strength, generator=gen,
                         output_type="np").images[0]
         out = cv2.resize(out.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) if (h8, w8) != (h, w) else out
-        return _to_linear(np.clip(out, 0, 1)).astype(np.float32)
+        return srgb_to_linear(out)  # ... and sRGB out, back to linear
