@@ -1,4 +1,4 @@
-"""SDS: exact gradients under an oracle prior, weightings, per-pixel maps, schedules, guards."""
+"""SDS: exact gradients under an oracle prior, weightings, per-pixel maps, schedules, guards, colour contract."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from layerforge.assets.types import srgb_to_linear
 from layerforge.errors import ConfigError, NonFiniteError
 from layerforge.models.guidance import SDSConfig, SDSGuidance, visibility_weight_map
 from layerforge.models.schedules import schedule_value
@@ -231,3 +232,60 @@ def test_v_prediction_models_are_converted_to_eps(tiny_sd_pipe, oracle_cls):
     eps_grad = g(images, timesteps=t, noise=noise).grad
     g.unet, g.prediction_type = VOracle(), "v_prediction"
     torch.testing.assert_close(g(images, timesteps=t, noise=noise).grad, eps_grad, rtol=1e-4, atol=1e-5)
+
+
+def _spy_vae(monkeypatch, vae, name: str) -> list[torch.Tensor]:
+    """Record the tensor each ``vae.<name>`` call receives (encode) or returns (decode)."""
+    seen: list[torch.Tensor] = []
+    real = getattr(vae, name)
+
+    def call(x, *args, **kwargs):
+        out = real(x, *args, **kwargs)
+        seen.append((x if name == "encode" else out.sample).detach().clone())
+        return out
+
+    monkeypatch.setattr(vae, name, call)
+    return seen
+
+
+def test_encode_mode_feeds_the_vae_srgb(tiny_sd_pipe, oracle_cls, monkeypatch):
+    """Contract: encode-mode images are linear; the VAE receives their sRGB encoding in [-1, 1]
+    (before the fix it received the linear values as if they were sRGB)."""
+    g = _guidance(tiny_sd_pipe, latent_mode="encode")
+    _with_oracle(g, oracle_cls, torch.zeros(2, 4, S, S))
+    seen = _spy_vae(monkeypatch, g.vae, "encode")
+    codes = torch.randint(0, 256, (2, 8 * S, 8 * S, 3), generator=torch.Generator().manual_seed(0))
+    linear = torch.from_numpy(srgb_to_linear(codes.numpy() / 255.0)).requires_grad_(True)  # VAE size: no resize
+    out = g(linear, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], (codes / 255.0 * 2 - 1).permute(0, 3, 1, 2).float(), rtol=0, atol=1e-5)
+    out.loss.backward()  # the encoding is differentiable, also at 0 and 1
+    assert torch.isfinite(linear.grad).all() and (linear.grad != 0).float().mean() > 0.5
+
+
+def test_encode_mode_gradient_through_the_srgb_encoding():
+    """The sRGB encoding's chain rule: d/dx of the VAE input is 2 * d srgb / d linear."""
+    from layerforge.assets.types import linear_to_srgb
+
+    x = torch.tensor([0.0, 0.002, 0.2, 0.5, 1.0], requires_grad=True)
+    (linear_to_srgb(x) * 2 - 1).sum().backward()
+    slope = torch.where(x.detach() <= 0.0031308, torch.tensor(12.92),
+                        1.055 / 2.4 * x.detach().clamp_min(0.0031308) ** (1 / 2.4 - 1))
+    torch.testing.assert_close(x.grad, 2 * slope)
+
+
+def test_decode_latents_returns_linear(tiny_sd_pipe, monkeypatch):
+    g = _guidance(tiny_sd_pipe, latent_mode="encode")
+    seen = _spy_vae(monkeypatch, g.vae, "decode")
+    latents = torch.randn(2, 4, S, S, generator=torch.Generator().manual_seed(0))
+    images = g.decode_latents(latents)
+    srgb = ((seen[0] + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert images.shape == (2, 8 * S, 8 * S, 3) and images.dtype == torch.float32
+    torch.testing.assert_close(images, torch.from_numpy(srgb_to_linear(srgb.numpy())), rtol=0, atol=1e-5)
+    assert (images - srgb).abs().max() > 1e-2
+
+
+def test_direct_mode_is_not_colour_converted(tiny_sd_pipe):
+    g = _guidance(tiny_sd_pipe)
+    normals = torch.rand(1, S, S, 4)
+    torch.testing.assert_close(g.images_to_latents(normals), normals.permute(0, 3, 1, 2) * 2 - 1)

@@ -12,6 +12,13 @@ values zeroed (threestudio's ``nan_to_num``), logged, and counted; after
 ``SDSConfig.max_nonfinite_steps`` such steps in a row the guard raises
 :class:`~layerforge.errors.NonFiniteError` instead of letting the optimisation run on with a
 prior that has stopped answering (typically fp16 overflow in the UNet).
+
+Colour contract: RGB images handed in (``latent_mode: encode``) and handed back
+(:meth:`SDSGuidance.decode_latents`) are linear in [0, 1], like every image in our code; the VAE
+was trained on sRGB in [-1, 1], so :meth:`SDSGuidance.encode_images` sRGB-encodes right before
+``vae.encode`` (differentiably) and ``decode_latents`` decodes to linear right after
+``vae.decode``. ``latent_mode: direct`` images (normals, masks) are data, not colour: no
+conversion.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from layerforge.assets.types import linear_to_srgb, srgb_to_linear
 from layerforge.errors import ConfigError, NonFiniteError
 from layerforge.models.guidance.loading import LoadOptions, config_from_mapping, load_pipeline
 from layerforge.models.schedules import ScheduleValue, schedule_value, validate_schedule
@@ -219,31 +227,34 @@ class SDSGuidance:
 
     # --------------------------------------------------------------- latents
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
-        """VAE latents [B, 4, s, s] (scaled) of ``rgb`` [B, 3, H, W] in [0, 1]; differentiable.
+        """VAE latents [B, 4, s, s] (scaled) of ``rgb`` [B, 3, H, W] linear RGB in [0, 1]; differentiable.
 
-        The images are resized (bilinear) to ``latent_size * vae_scale_factor`` first.
+        The images are resized (bilinear, in linear space) to ``latent_size * vae_scale_factor``
+        first, then sRGB-encoded and mapped to the VAE's [-1, 1].
         """
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.config.latent_size * factor
         x = rgb
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-        x = (x * 2.0 - 1.0).to(self.vae.dtype)
+        x = (linear_to_srgb(x) * 2.0 - 1.0).to(self.vae.dtype)  # the model boundary: sRGB in [-1, 1]
         posterior = self.vae.encode(x).latent_dist
         return (posterior.sample() * self.vae.config.scaling_factor).float()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images [B, H, W, 3] in [0, 1] from scaled latents [B, 4, h, w] (for previews)."""
+        """Images [B, H, W, 3] float32 linear RGB in [0, 1] from scaled latents [B, 4, h, w] (for previews)."""
         x = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+        srgb = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+        return srgb_to_linear(srgb)  # the VAE decodes sRGB
 
     def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] images -> [B, 4, s, s] float32 latents.
 
-        encode mode: C = 3, linear RGB in [0, 1], through the VAE.
+        encode mode: C = 3, linear RGB in [0, 1], sRGB-encoded and through the VAE
+            (:meth:`encode_images`).
         direct mode: C = 4 (e.g. normal in [0, 1] + mask), resized to s x s and mapped to [-1, 1]
-        (DP-Recon / GALA geometry SDS).
+            as is, no colour conversion (DP-Recon / GALA geometry SDS).
         """
         if images.ndim != 4:
             raise ValueError(f"images must be [B, H, W, C], got shape {tuple(images.shape)}")
@@ -303,7 +314,7 @@ class SDSGuidance:
     ) -> SDSOutput:
         """SDS loss for a batch of rendered images.
 
-        images: [B, H, W, C] (see :meth:`images_to_latents`), requires grad.
+        images: [B, H, W, C] (see :meth:`images_to_latents`: linear RGB in encode mode), requires grad.
         step: training step, for the schedules (t range, guidance scale, clip).
         elevation_deg, azimuth_deg: [B] camera angles for view-dependent prompts (optional).
         weight_map: [B, H', W'] or [B, H', W', 1] per-pixel weights (e.g.
