@@ -17,6 +17,8 @@ from layerforge.renderers.mesh import (
     interpolate,
     normal_map,
     rasterize,
+    rasterize_clip,
+    rasterize_uv,
     render_mesh,
     sample_texture,
     shade_lambert,
@@ -349,6 +351,208 @@ def test_textured_render_and_bad_inputs():
 
 
 # --------------------------------------------------------------------------------------------
+# Near-plane clipping (rooms and panoramas are seen from inside)
+# --------------------------------------------------------------------------------------------
+
+FLOOR_HALF = 50.0  # m, half the side of the floor quad
+EYE_HEIGHT = 1.5  # m, camera height above the floor
+
+
+def _floor_view(width: int = 64, height: int = 48, f: float = 40.0, dtype=torch.float64):
+    """A 100 m floor quad at z = 0 and a camera 1.5 m above it looking at the horizon (+X).
+
+    The quad spans behind the camera, so both of its triangles cross the near plane.
+    Returns vertices, faces, camera and the analytic camera-z depth [H, W] of the floor
+    (inf where a pixel's ray misses the quad) with a mask of pixels clear of the quad border.
+    """
+    s = FLOOR_HALF
+    verts = torch.tensor([[-s, -s, 0.0], [s, -s, 0.0], [s, s, 0.0], [-s, s, 0.0]], dtype=dtype)
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    eye = torch.tensor([0.0, 0.0, EYE_HEIGHT], dtype=dtype)
+    w2c = look_at(eye, eye + torch.tensor([1.0, 0.0, 0.0], dtype=dtype))[0]
+    cam = pinhole(width, height, f, w2c, dtype=dtype)
+    o, d = generate_rays(cam, normalize=False)  # d has unit camera z: o + z d is at camera depth z
+    z = -o[0, ..., 2] / d[0, ..., 2]  # ray-plane intersection, camera z
+    hit = o[0] + z[..., None] * d[0]
+    inside = (z > 0) & (hit[..., 0].abs() <= s) & (hit[..., 1].abs() <= s)
+    border = torch.minimum(s - hit[..., 0].abs(), s - hit[..., 1].abs()).abs()
+    clear = border > 1e-3 * s  # centres not within 5 cm of the quad's edges
+    return verts, faces, cam, torch.where(inside, z, torch.inf), clear
+
+
+def test_floor_seen_from_inside_is_clipped_not_dropped():
+    verts, faces, cam, z_true, clear = _floor_view()
+    _, z_cam = project(cam, verts)
+    # both triangles have a vertex behind the camera: the old "skip faces nearer than near"
+    # rule drew nothing here
+    assert (z_cam[0][faces] < cam.near).any(-1).all()
+    fr = rasterize(verts, faces, cam, backend="torch")
+    want = torch.isfinite(z_true)
+    assert torch.equal(fr.mask[0][clear], want[clear])
+    h, w = 48, 64
+    below = torch.arange(h)[:, None].expand(h, w) + 0.5 > h / 2  # rows under the horizon
+    assert int(want.sum()) > 0.45 * h * w and not (want & ~below).any()
+    m = fr.mask[0]
+    torch.testing.assert_close(fr.depth[0][m], z_true[m], rtol=1e-9, atol=0)
+    torch.testing.assert_close(fr.barycentrics[0][m].sum(-1), torch.ones(int(m.sum()), dtype=torch.float64))
+    assert (fr.barycentrics[0][m] >= -1e-9).all()
+    # world positions interpolated with the original vertices lie on the floor along each ray
+    pos = interpolate(verts, fr, faces)[0]
+    o, d = generate_rays(cam, normalize=False)
+    torch.testing.assert_close(pos[m], (o[0] + z_true[..., None] * d[0])[m], rtol=0, atol=1e-9)
+    # the full render: alpha 1 everywhere on the floor, normals +Z, depth as a RenderOutput
+    out = render_mesh(verts, faces, cam, background=0.0)
+    assert (out.alpha[0, ..., 0][m] == 1).all() and (out.alpha[0, ..., 0][~m] == 0).all()
+    torch.testing.assert_close(out.normals[0][m].abs(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(int(m.sum()), 3))
+    torch.testing.assert_close(out.depth[0, ..., 0], torch.where(m, z_true, torch.zeros_like(z_true)))
+    assert torch.isfinite(out.rgb).all()
+
+
+def test_clipped_triangle_barycentrics_and_gradients_match_ray_plane_intersection():
+    # camera at the world origin looking along +z; vertex 2 is 1 m behind the camera
+    cam = pinhole(24, 20, 18.0)
+    v = torch.tensor([[-1.3, -0.9, 2.0], [1.1, -1.0, 2.6], [0.2, 1.5, -1.0]], dtype=torch.float64)
+    faces = torch.tensor([[0, 1, 2]])
+    fr = rasterize(v, faces, cam)
+    m = fr.mask[0]
+    assert int(m.sum()) > 100
+    _, d = generate_rays(cam, normalize=False)
+    n = torch.linalg.cross(v[1] - v[0], v[2] - v[0], dim=-1)
+    t = (n @ v[0]) / (d[0] @ n)  # [H, W] camera z of the ray-plane intersection
+    torch.testing.assert_close(fr.depth[0][m], t[m], rtol=1e-10, atol=0)
+    pos = interpolate(v, fr, faces)[0]
+    torch.testing.assert_close(pos[m], (t[..., None] * d[0])[m], rtol=0, atol=1e-10)
+    # the barycentrics are the point's weights on the ORIGINAL vertices
+    b = fr.barycentrics[0][m]
+    assert (b >= -1e-12).all() and (b <= 1 + 1e-12).all()
+    torch.testing.assert_close(b @ v, pos[m])
+    # every covered pixel is in front of the near plane and inside the original triangle
+    assert (fr.depth[0][m] >= cam.near).all()
+    # gradients w.r.t. all three vertices (the one behind the camera too) match finite differences
+    ii, jj = m.nonzero(as_tuple=True)
+    pick = (ii[::17], jj[::17])
+
+    def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = rasterize(x, faces, cam)
+        assert torch.equal(out.face_id, fr.face_id)  # visibility unchanged by the tiny steps
+        return out.depth[0][pick], out.barycentrics[0][pick]
+
+    assert torch.autograd.gradcheck(f, (v.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_clip_near_splits_into_one_or_two_triangles_with_source_weights():
+    from layerforge.renderers.mesh import clip_near
+
+    hom = torch.tensor(
+        [
+            [[0.0, 0.0, 2.0], [1.0, 0.0, 2.0], [0.0, 1.0, 2.0]],  # in front: kept as is
+            [[0.0, 0.0, 2.0], [1.0, 0.0, -1.0], [0.0, 1.0, -1.0]],  # one in front: one triangle
+            [[0.0, 0.0, 2.0], [1.0, 0.0, 2.0], [0.0, 1.0, -1.0]],  # two in front: two triangles
+            [[0.0, 0.0, -2.0], [1.0, 0.0, -2.0], [0.0, 1.0, -1.0]],  # behind: nothing
+        ],
+        dtype=torch.float64,
+    )
+    clipped, src, wts = clip_near(hom, 0.5)
+    assert sorted(src.tolist()) == [0, 1, 2, 2]
+    torch.testing.assert_close(clipped, wts @ hom[src])
+    assert (clipped[..., 2] >= 0.5 - 1e-12).all()
+    torch.testing.assert_close(wts.sum(-1), torch.ones_like(wts[..., 0]))
+    # the pieces of the quad cover the clipped area: (area in the w = const slices is linear)
+    ends = clipped[src == 2]
+    assert torch.allclose(ends[..., 2].min(), torch.tensor(0.5, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# Clip-space and UV-space entries (texture baking)
+# --------------------------------------------------------------------------------------------
+
+
+def test_rasterize_clip_matches_rasterize_for_a_camera():
+    verts, faces = icosphere(2, 0.7)
+    cam = orbit_cameras(25.0, 40.0, 3.0, 45.0, 40, 32, dtype=torch.float64)
+    verts = verts.double()
+    w2c, k = cam.world_to_camera[0], cam.K[0]
+    p = verts @ w2c[:3, :3].T + w2c[:3, 3]
+    hom = p @ k.T  # (u z, v z, z)
+    clip = torch.stack([2.0 * hom[:, 0] / cam.width - hom[:, 2], 2.0 * hom[:, 1] / cam.height - hom[:, 2], hom[:, 2]], -1)
+    a = rasterize(verts, faces, cam)
+    b = rasterize_clip(clip, faces, cam.height, cam.width)
+    assert torch.equal(a.face_id, b.face_id) and a.mask.sum() > 200
+    torch.testing.assert_close(a.barycentrics, b.barycentrics, rtol=0, atol=1e-9)
+    torch.testing.assert_close(a.depth, b.depth, rtol=0, atol=1e-9)
+    with pytest.raises(InputError):
+        rasterize_clip(clip[:, :2], faces, 8, 8)
+    with pytest.raises(InputError):
+        rasterize_uv(torch.zeros(4, 3), faces, 8)
+
+
+def _unwrapped_cube(margin: float = 0.02):
+    """Unit cube [-0.5, 0.5]^3, one UV island per face in a 3 x 2 grid of cells (u right, v up).
+
+    Returns vertices [24, 3], faces [12, 3], uv [24, 2] and per face k the island's UV origin,
+    size and the world origin and axes of its square (world = o + s a + t b for island (s, t)).
+    """
+    sides = [  # (origin, a, b) with a x b the outward normal
+        ((0.5, -0.5, -0.5), (0, 1, 0), (0, 0, 1)),
+        ((-0.5, 0.5, -0.5), (0, -1, 0), (0, 0, 1)),
+        ((0.5, 0.5, -0.5), (-1, 0, 0), (0, 0, 1)),
+        ((-0.5, -0.5, -0.5), (1, 0, 0), (0, 0, 1)),
+        ((-0.5, -0.5, 0.5), (1, 0, 0), (0, 1, 0)),
+        ((-0.5, 0.5, -0.5), (1, 0, 0), (0, -1, 0)),
+    ]
+    cell, size = 1.0 / 3.0, 1.0 / 3.0 - 2 * margin
+    verts, uv, faces, islands = [], [], [], []
+    for k, (o, a, b) in enumerate(sides):
+        o, a, b = (torch.tensor(x, dtype=torch.float64) for x in (o, a, b))
+        u0 = torch.tensor([(k % 3) * cell + margin, (k // 3) * 0.5 + margin], dtype=torch.float64)
+        base = len(verts)
+        for s, t in ((0, 0), (1, 0), (1, 1), (0, 1)):
+            verts.append(o + s * a + t * b)
+            uv.append(u0 + size * torch.tensor([s, t], dtype=torch.float64))
+        faces += [[base, base + 1, base + 2], [base, base + 2, base + 3]]
+        islands.append((u0, size, o, a, b))
+    return torch.stack(verts), torch.tensor(faces), torch.stack(uv), islands
+
+
+def test_bake_world_positions_and_normals_of_an_unwrapped_cube():
+    verts, faces, uv, islands = _unwrapped_cube()
+    res = 96
+    frags = rasterize_uv(uv, faces, res, backend="torch")
+    pos = interpolate(verts, frags, faces)[0]  # [H, W, 3] world-position map
+    nrm = normal_map(frags, verts, faces, smooth=False)[0]
+    i, j = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    tex_u = (j.double() + 0.5) / res
+    tex_v = 1.0 - (i.double() + 0.5) / res  # row 0 is the top of the texture (v up)
+    covered = torch.zeros(res, res, dtype=torch.bool)
+    for k, (u0, size, o, a, b) in enumerate(islands):
+        s = (tex_u - u0[0]) / size
+        t = (tex_v - u0[1]) / size
+        isl = (s >= 0) & (s <= 1) & (t >= 0) & (t <= 1)
+        assert int(isl.sum()) > 200
+        want = o + s[..., None] * a + t[..., None] * b
+        torch.testing.assert_close(pos[isl], want[isl], rtol=0, atol=1e-9)
+        torch.testing.assert_close(nrm[isl], torch.linalg.cross(a, b).expand(int(isl.sum()), 3))
+        assert (frags.face_id[0][isl] // 2 == k).all()  # texels map to that side's two triangles
+        covered |= isl
+    assert torch.equal(frags.mask[0], covered)
+    assert (pos[~covered] == 0).all()
+    # a texture lookup at a texel centre returns that texel (same v-up convention)
+    centres = torch.stack([tex_u, tex_v], -1)[None]
+    torch.testing.assert_close(sample_texture(pos[None], centres, wrap="clamp")[0], pos)
+
+
+def test_uv_triangle_coverage_equals_its_area():
+    uv = torch.tensor([[0.1, 0.1], [0.9, 0.23], [0.31, 0.87]], dtype=torch.float64)
+    area = 0.5 * abs(float((uv[1, 0] - uv[0, 0]) * (uv[2, 1] - uv[0, 1]) - (uv[1, 1] - uv[0, 1]) * (uv[2, 0] - uv[0, 0])))
+    for h, w in ((64, 64), (48, 80)):
+        frags = rasterize_uv(uv, torch.tensor([[0, 1, 2]]), (h, w))
+        assert frags.face_id.shape == (1, h, w)
+        frac = frags.mask.double().mean().item()
+        assert abs(frac - area) <= 1.0 / h, (frac, area)  # within one texel row
+        torch.testing.assert_close(frags.depth[frags.mask], torch.ones(int(frags.mask.sum()), dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
 # CUDA backend
 # --------------------------------------------------------------------------------------------
 
@@ -381,3 +585,15 @@ def test_cuda_face_ids_identical_to_torch_backend():
     assert torch.equal(gpu.face_id.cpu(), ref.face_id)
     assert torch.equal(gpu_torch.face_id.cpu(), ref.face_id)
     assert torch.allclose(gpu.barycentrics.cpu(), ref.barycentrics, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_backend_draws_the_same_clipped_triangles():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (none visible)")
+    verts, faces, cam, z_true, clear = _floor_view(dtype=torch.float32)
+    ref = rasterize(verts, faces, cam, backend="torch")
+    gpu = rasterize(verts.cuda(), faces.cuda(), cam.to("cuda"), backend="cuda")
+    assert int(ref.mask.sum()) > 1000
+    assert torch.equal(gpu.face_id.cpu(), ref.face_id)
+    torch.testing.assert_close(gpu.depth.cpu(), ref.depth, rtol=1e-5, atol=0)
