@@ -1,4 +1,4 @@
-"""ControlNet-guided SDS and the OpenPose skeleton drawing."""
+"""ControlNet-guided SDS and the OpenPose skeleton drawing (linear images; sRGB at the ControlNet)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from layerforge.assets.types import linear_to_srgb, srgb_to_linear
 from layerforge.models.guidance import ControlNetSDSGuidance, draw_openpose, project_points
 from layerforge.models.guidance.openpose import COLORS, LIMBS
 
@@ -66,6 +67,7 @@ def test_openpose_colours_and_visibility():
     kp = _skeleton()
     img = draw_openpose(kp, 64, 64, stick_width=1, joint_radius=1)
     assert img.shape == (64, 64, 3) and img.dtype == torch.float32
+    img = linear_to_srgb(img)  # the drawing is linear; the annotator's colours are 8-bit sRGB
     for j in range(18):  # joint discs are drawn last, in the joint's colour
         x, y = int(kp[j, 0]), int(kp[j, 1])
         if j in (14, 15, 16, 17, 0):
@@ -77,11 +79,11 @@ def test_openpose_colours_and_visibility():
                                atol=2 / 255)
     hidden = torch.ones(18, dtype=torch.bool)
     hidden[4] = False  # right wrist: its disc and the forearm disappear
-    img2 = draw_openpose(kp, 64, 64, visible=hidden, stick_width=1, joint_radius=1)
+    img2 = linear_to_srgb(draw_openpose(kp, 64, 64, visible=hidden, stick_width=1, joint_radius=1))
     assert img2[38, 20].sum() == 0 and img[38, 20].sum() > 0  # wrist disc
     assert img2[33, 21].sum() == 0 and img[33, 21].sum() > 0  # forearm
     assert draw_openpose(kp + 1000, 64, 64).sum() == 0  # off-image joints are not drawn
-    two = draw_openpose(torch.stack([kp, kp + torch.tensor([0.0, 2.0])]), 64, 64)
+    two = linear_to_srgb(draw_openpose(torch.stack([kp, kp + torch.tensor([0.0, 2.0])]), 64, 64))
     assert two.sum() > img.sum() * 0.9
 
 
@@ -92,3 +94,50 @@ def test_project_points_opencv_convention():
     uv, front = project_points(torch.tensor([[0.0, 0, 0], [0.2, 0.1, 0], [0, 0, -3]]), K, w2c)
     torch.testing.assert_close(uv[:2], torch.tensor([[32.0, 32.0], [42.0, 37.0]]))
     assert front.tolist() == [True, True, False]
+
+
+def _spy_controlnet_cond(monkeypatch, controlnet) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    real = controlnet.forward
+
+    def forward(*args, controlnet_cond, **kwargs):
+        seen.append(controlnet_cond.detach().clone())
+        return real(*args, controlnet_cond=controlnet_cond, **kwargs)
+
+    monkeypatch.setattr(controlnet, "forward", forward)
+    return seen
+
+
+def test_openpose_drawing_is_linear():
+    """draw_openpose returns linear RGB: a joint disc is srgb_to_linear of the annotator's colour."""
+    kp = _skeleton()
+    img = draw_openpose(kp, 64, 64, stick_width=1, joint_radius=1)
+    x, y = int(kp[2, 0]), int(kp[2, 1])  # right shoulder: (255, 170, 0)
+    np.testing.assert_allclose(img[y, x].numpy(), srgb_to_linear(np.array(COLORS[2]) / 255.0), atol=1e-6)
+    assert abs(float(img[y, x, 1]) - 170 / 255) > 0.2  # not the sRGB code value
+
+
+def test_controlnet_receives_the_annotators_srgb_values(cn_guidance, monkeypatch):
+    """Contract: control images are linear; the ControlNet's input is their sRGB encoding, so a
+    draw_openpose skeleton reaches it as the annotator's exact 8-bit values."""
+    seen = _spy_controlnet_cond(monkeypatch, cn_guidance.controlnet)
+    kp = _skeleton()
+    pose = draw_openpose(kp, 64, 64)[None]  # at the UNet's pixel size (8 * latent): no resize
+    images, t, noise = torch.rand(1, S, S, 4), torch.tensor([500]), torch.randn(1, 4, S, S)
+    cn_guidance(images, control_image=pose, timesteps=t, noise=noise)
+    cond = seen[0]
+    assert cond.shape == (2, 3, 64, 64)  # [cond; uncond] batches both see it
+    torch.testing.assert_close(cond[0], linear_to_srgb(pose)[0].permute(2, 0, 1), rtol=0, atol=1e-5)
+    codes = cond * 255
+    assert (codes - codes.round()).abs().max() < 1e-3  # exactly the annotator's 8-bit codes
+    x, y = int(kp[2, 0]), int(kp[2, 1])
+    torch.testing.assert_close(cond[0, :, y, x], torch.tensor(COLORS[2]) / 255.0, rtol=0, atol=1e-5)
+
+
+def test_data_control_images_are_not_colour_encoded(cn_guidance, monkeypatch):
+    seen = _spy_controlnet_cond(monkeypatch, cn_guidance.controlnet)
+    monkeypatch.setattr(cn_guidance.config, "control_image_color", False)  # e.g. a depth ControlNet
+    depth = torch.rand(1, 64, 64, 3)
+    cn_guidance(torch.rand(1, S, S, 4), control_image=depth, timesteps=torch.tensor([500]),
+                noise=torch.randn(1, 4, S, S))
+    torch.testing.assert_close(seen[0][0], depth[0].permute(2, 0, 1))

@@ -3,6 +3,11 @@
 18 joints in the COCO/OpenPose-18 order, drawn like the OpenPose annotator of ControlNet:
 limbs as filled ellipses blended at 60 % over black, joints as filled discs on top, each with
 its standard colour, so a ControlNet trained on annotator output recognises our drawings.
+
+The drawing is done in the annotator's 8-bit sRGB (colours and 60 % blend included) and returned
+as linear RGB, like every image in our code; :class:`~layerforge.models.guidance.controlnet.
+ControlNetSDSGuidance` sRGB-encodes it again at the model, so the ControlNet sees the
+annotator's exact values.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import math
 
 import numpy as np
 import torch
+
+from layerforge.assets.types import srgb_to_linear
 
 JOINT_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
@@ -22,7 +29,7 @@ LIMBS = (
     (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
     (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
 )
-# RGB, one per joint; limb i uses colour i.
+# 8-bit sRGB, one per joint; limb i uses colour i.
 COLORS = (
     (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
     (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
@@ -66,7 +73,8 @@ def draw_openpose(
     visible: [18] or [P, 18] bool; invisible joints and limbs touching them are not drawn
         (default: joints inside the image).
     stick_width, joint_radius: pixels; default 4 at 512 px, scaled with image size.
-    Returns [height, width, 3] float32 in [0, 1] (black background).
+    Returns [height, width, 3] float32 linear RGB in [0, 1] (black background): the annotator's
+    8-bit sRGB drawing, decoded to linear (``linear_to_srgb`` of it gives the codes / 255 back).
     """
     import cv2
 
@@ -99,4 +107,4 @@ def draw_openpose(
         for j in range(18):
             if seen[j]:
                 cv2.circle(canvas, (_px(person[j, 0]), _px(person[j, 1])), radius, COLORS[j], thickness=-1)
-    return torch.from_numpy(canvas.astype(np.float32) / 255.0)
+    return torch.from_numpy(srgb_to_linear(canvas.astype(np.float32) / 255.0))
