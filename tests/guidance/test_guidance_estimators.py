@@ -96,7 +96,8 @@ def test_estimators_take_linear_and_feed_the_model_srgb(which, tiny_dpt, tiny_se
     sRGB encoding (before the fix the depth estimator took sRGB and fed it unconverted)."""
     from PIL import Image
 
-    est = DepthEstimator(str(tiny_dpt), device="cpu") if which == "depth" else Segmenter(str(tiny_segformer), device="cpu")
+    est = (DepthEstimator(str(tiny_dpt), device="cpu") if which == "depth"
+           else Segmenter(str(tiny_segformer), device="cpu"))
     codes, linear = _linear_from_srgb_codes(24, 40)
     seen = _spy_pixel_values(monkeypatch, est.pipe.model)
     est(linear)
