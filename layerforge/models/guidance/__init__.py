@@ -1,5 +1,12 @@
 """Diffusion priors and pretrained estimators: SDS, ControlNet-SDS, inpainting, panoramas.
 
+Colour contract: every image these modules take or return is float32 linear RGB in [0, 1]
+([H, W, 3] or [B, H, W, 3]), as everywhere in layerforge. The models were trained on sRGB, so
+each module sRGB-encodes right at the diffusers / transformers call (to [0, 1], 8-bit or the
+VAE's [-1, 1]) and decodes back to linear right after, with ``layerforge.assets.types``'
+``linear_to_srgb`` / ``srgb_to_linear``. Non-colour images (SDS ``latent_mode: direct``
+normals and masks, ControlNet ``control_image_color: false``) are passed as is.
+
 Importing this package is cheap: diffusers / transformers are imported only when a model
 is loaded.
 """
