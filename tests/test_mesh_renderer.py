@@ -408,6 +408,28 @@ def test_floor_seen_from_inside_is_clipped_not_dropped():
     assert torch.isfinite(out.rgb).all()
 
 
+def test_room_seen_from_inside_is_watertight_with_analytic_depth():
+    # a 4 m cube room (12 inward triangles, all of the walls around the camera cross its
+    # near plane in some view); views in 8 directions incl. up/down-tilted ones
+    half = 2.0
+    corners = torch.tensor([[x, y, z] for x in (-half, half) for y in (-half, half) for z in (-half, half)], dtype=torch.float64)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    faces = torch.tensor([[a, b, c] for a, b, c, d in quads] + [[a, c, d] for a, b, c, d in quads])
+    eye = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    az = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
+    el = torch.tensor([0.0, 0.5, -0.5, 0.0, 1.2, -1.2, 0.3, 0.0], dtype=torch.float64)
+    target = eye + torch.stack([torch.cos(az) * torch.cos(el), torch.sin(az) * torch.cos(el), torch.sin(el)], -1)
+    k = torch.tensor([[20.0, 0.0, 20.0], [0.0, 20.0, 16.0], [0.0, 0.0, 1.0]], dtype=torch.float64)  # ~90° fov
+    cams = Camera(k[None].expand(8, 3, 3), look_at(eye, target), 40, 32)
+    fr = rasterize(corners, faces, cams)
+    assert fr.mask.all()  # no pixel falls through the clipped walls' shared edges
+    o, d = generate_rays(cams, normalize=False)
+    t_axis = (torch.where(d > 0, half - o, -half - o)) / d  # distance to the wall ahead on each axis
+    z_true = t_axis.where(d != 0, torch.full_like(d, torch.inf)).amin(-1)
+    torch.testing.assert_close(fr.depth, z_true, rtol=1e-9, atol=0)
+    crossing = (project(cams, corners)[1][:, faces] < cams.near).any(-1)
+    assert int(crossing.sum()) > 8 * 4  # most views draw several clipped walls
+
 def test_clipped_triangle_barycentrics_and_gradients_match_ray_plane_intersection():
     # camera at the world origin looking along +z; vertex 2 is 1 m behind the camera
     cam = pinhole(24, 20, 18.0)
