@@ -558,6 +558,10 @@ def test_bake_world_positions_and_normals_of_an_unwrapped_cube():
         covered |= isl
     assert torch.equal(frags.mask[0], covered)
     assert (pos[~covered] == 0).all()
+    # face-varying UVs: 8 welded positions with their own faces, UVs rasterized with uv faces
+    welded, pos_faces = torch.unique(verts, dim=0, return_inverse=True)
+    assert welded.shape == (8, 3)
+    torch.testing.assert_close(interpolate(welded, frags, pos_faces[faces])[0], pos)
     # a texture lookup at a texel centre returns that texel (same v-up convention)
     centres = torch.stack([tex_u, tex_v], -1)[None]
     torch.testing.assert_close(sample_texture(pos[None], centres, wrap="clamp")[0], pos)
