@@ -56,7 +56,7 @@ def _interrupt_on_sigterm() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from layerforge.pipelines import registry
     from layerforge.pipelines.engine import Engine, format_plan, resolve_device
-    from layerforge.pipelines.inputs import resolve_input
+    from layerforge.pipelines.inputs import resolve_inputs
     from layerforge.pipelines.rundir import RunDir
     from layerforge.pipelines.schema import validate_config
 
@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = registry.load_config(args.pipeline, overrides)
     pipeline = registry.build(cfg)
     validate_config(pipeline, cfg)  # every bad value fails before any folder is made
-    input_path = resolve_input(cfg.get("input"), str(cfg.out))
+    input_path = resolve_inputs(cfg.get("input"), str(cfg.out))
     resolve_device(str(cfg.device))
     run_name = str(cfg.run) if cfg.get("run") else time.strftime("%Y%m%d-%H%M%S")
     root = Path(str(cfg.out)) / pipeline.name / run_name

@@ -125,28 +125,21 @@ def _model_config(ctx: StageContext, n_shapes: int) -> BSPConfig:
 
 
 def _optimise(ctx: StageContext, model: torch.nn.Module, shapes: list, cfg: FitConfig | TrainConfig, tag: str) -> None:
-    """Run the config's phase/resolution schedule on ``model`` (checkpointed per schedule entry)."""
-    from layerforge.models.bsp.training import fit_points, make_optimizer, stack_prepared, train_step
+    """Run the config's phase/resolution schedule on ``model`` (one checkpointed optimise() call per entry)."""
+    from layerforge.models.bsp.training import PhaseLoss, PointBatches, param_groups, stack_prepared
+    from layerforge.pipelines.optimise import OptimiseConfig, Optimiser
 
-    encoder = model.encoder is not None
-    optim = make_optimizer(model, {"lr": cfg.lr, "lr_tw": cfg.lr if cfg.lr_tw is None else cfg.lr_tw, "beta1": cfg.beta1})
-    gen = torch.Generator().manual_seed(ctx.seed)
-    per_batch = min(getattr(cfg, "shapes_per_batch", len(shapes)), len(shapes))
+    # one Optimiser across the schedule: Adam's moments and the batch generator carry over between phases
+    optimiser = Optimiser(model, param_groups(model, cfg.lr, cfg.lr_tw, cfg.beta1), seed=ctx.seed)
+    per_batch = getattr(cfg, "shapes_per_batch", len(shapes))
     for i, entry in enumerate(cfg.schedule):
-        phase, res, steps = entry.phase, entry.resolution, entry.steps
-        data = {k: v.to(ctx.device) for k, v in stack_prepared(shapes, res).items()}
-        loop = ctx.loop(
-            total=steps,
-            state={"model": model, "optim": optim, "gen": gen},
-            every=cfg.checkpoint_every,
-            subfolder=f"{tag}{i}_phase{phase}_{res}",
-            desc=f"{tag}phase {phase} @{res}",
-        )
-        for _ in loop:
-            idx = torch.randperm(len(shapes), generator=gen)[:per_batch] if per_batch < len(shapes) else None
-            batch = fit_points(data, cfg.points_per_step, gen, shape_idx=idx, with_voxels=encoder)
-            loop.log(**train_step(model, optim, {k: v.to(ctx.device) for k, v in batch.items()}, phase))
-        ctx.record(**{f"{tag}{i}_phase{phase}_{res}_{k}": v for k, v in loop.last_scalars.items()})
+        data = {k: v.to(ctx.device) for k, v in stack_prepared(shapes, entry.resolution).items()}
+        sampler = PointBatches(data, cfg.points_per_step, per_batch, with_voxels=model.encoder is not None)
+        name = f"{tag}{i}_phase{entry.phase}_{entry.resolution}"
+        figures = optimiser.run(ctx, [PhaseLoss(entry.phase)], sampler,
+                                OptimiseConfig(steps=entry.steps, checkpoint_every=cfg.checkpoint_every),
+                                subfolder=name, desc=f"{tag}phase {entry.phase} @{entry.resolution}")
+        ctx.record(**{f"{name}_{k}": v for k, v in figures.items()})
 
 
 def fit(ctx: StageContext) -> None:

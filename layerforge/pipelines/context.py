@@ -26,7 +26,7 @@ from layerforge.errors import LayerforgeError
 from layerforge.pipelines.checkpoint import TrainingLoop
 from layerforge.pipelines.plan import ArtifactStore
 from layerforge.pipelines.rundir import RunDir
-from layerforge.pipelines.stage import INPUT, Stage
+from layerforge.pipelines.stage import Stage, is_input
 
 log = logging.getLogger("layerforge")
 T = TypeVar("T")
@@ -47,11 +47,12 @@ class StageContext:
     device: torch.device
     seed: int
     quiet: bool
-    input_path: Path | None
+    inputs: dict[str, Path | None]
     store: ArtifactStore
     typed_cfg: dict[str, Any] = field(default_factory=dict)
     _made: dict[str, Path] = field(default_factory=dict)
     _metrics: dict[str, Any] = field(default_factory=dict)
+    _codecs: dict[str, str] = field(default_factory=dict)
     failed_items: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -74,9 +75,10 @@ class StageContext:
         """Path of an artifact this stage declared in ``needs`` (made by an earlier stage of this pipeline)."""
         if name not in self.stage.needs:
             raise RuntimeError(f"stage {self.stage.name} reads '{name}' without declaring it in needs")
-        if name == INPUT:
-            assert self.input_path is not None
-            return self.input_path
+        if is_input(name):
+            path = self.inputs.get(name)
+            assert path is not None, f"{name} is checked by the engine before the stage runs"
+            return path
         return self.store.path(name, self.stage.name)
 
     def output(self, name: str, suffix: str = "") -> Path:
@@ -86,6 +88,29 @@ class StageContext:
         path = self.folder / f"{name}{suffix}"
         self._made[name] = path
         return path
+
+    def save(self, name: str, obj: Any) -> Path:
+        """Write artifact ``name`` (declared in ``makes``) with its type's codec (:mod:`~layerforge.pipelines.artifacts`)."""
+        from layerforge.pipelines.artifacts import save_artifact
+
+        path, codec = save_artifact(obj, self.output(name))
+        self._made[name] = path
+        self._codecs[name] = codec
+        return path
+
+    def load(self, name: str, like: Any = None) -> Any:
+        """Read artifact ``name`` (declared in ``needs``) as the type it was saved as.
+
+        ``like``: for a module's state_dict, the module to load it into; ``Mesh`` to get a
+        mesh artifact merged into one Mesh.
+        """
+        from layerforge.pipelines.artifacts import load_artifact
+
+        path = self.input(name)
+        record = self.store.record(name, self.stage.name) or {}
+        if "codec" not in record:
+            raise RuntimeError(f"artifact '{name}' was not written with ctx.save; read it with ctx.input")
+        return load_artifact(path, record["codec"], like)
 
     @property
     def staged_exports(self) -> Path:

@@ -27,7 +27,7 @@ import resource
 import shutil
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from layerforge.pipelines.context import StageContext
 from layerforge.pipelines.plan import ArtifactStore, Decision, config_hash, plan
 from layerforge.pipelines.rundir import RunDir, now_iso, package_versions, sha256_file, sha256_json, sha256_path, stamp
 from layerforge.pipelines.schema import validate_config
-from layerforge.pipelines.stage import INPUT, Pipeline, Stage
+from layerforge.pipelines.stage import INPUT, Pipeline, Stage, is_input
 
 __all__ = ["INPUT", "Decision", "Engine", "Pipeline", "Stage", "StageContext", "format_plan", "iter_exports",
            "resolve_device", "seed_everything", "stage_seed"]
@@ -86,7 +86,8 @@ class Engine:
         cfg: the resolved config (top-level keys ``seed``, ``device``, ``quiet`` and one
             section per stage or shared component); validated here against the stages' schemas.
         run_dir: the run folder.
-        input_path: the user's input file or folder (``None`` when the pipeline needs none).
+        input_path: the user's input file or folder (``None`` when the pipeline needs none), or
+            named inputs ``{"views": path, "masks": path}`` (read by stages as ``input.views``...).
         command: the command line that resumes this run (stored in the manifest, shown by
             ``layerforge inspect`` after a kill).
 
@@ -94,29 +95,38 @@ class Engine:
         ConfigError: a config value has the wrong type or is out of range (one line).
     """
 
-    def __init__(self, pipeline: Pipeline, cfg: DictConfig, run_dir: RunDir, input_path: Path | None,
-                 command: str | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, cfg: DictConfig, run_dir: RunDir,
+                 input_path: Path | Mapping[str, Path | None] | None, command: str | None = None) -> None:
         self.pipeline = pipeline
         self.cfg = cfg
         self.typed = validate_config(pipeline, cfg)
         self.run_dir = run_dir
-        self.input_path = input_path
+        if isinstance(input_path, Mapping):
+            self.inputs = {f"{INPUT}.{k}": None if v is None else Path(v) for k, v in input_path.items()}
+        else:
+            self.inputs = {INPUT: None if input_path is None else Path(input_path)}
         self.command = command
         self.seed = int(cfg.get("seed", 0))
         self.quiet = bool(cfg.get("quiet", False))
         self.store = ArtifactStore(pipeline, run_dir)
-        self._input_hash: str | None = None
+        self._input_hashes: dict[str, str] = {}
 
     # ---- hashing -------------------------------------------------------------------
     def config_hash(self, stage: Stage) -> str:
         return config_hash(self.cfg, stage, self.seed)
 
-    def input_hash(self) -> str:
-        if self._input_hash is None:
-            if self.input_path is None:
-                raise InputError("this pipeline needs an input", "pass input=PATH")
-            self._input_hash = sha256_path(self.input_path)
-        return self._input_hash
+    def input_hash(self, name: str = INPUT) -> str:
+        """SHA-256 of the user's input ``name`` (``input`` or ``input.<name>``).
+
+        Raises:
+            InputError: a stage needs that input and it is not set.
+        """
+        if name not in self._input_hashes:
+            path = self.inputs.get(name)
+            if path is None:
+                raise InputError(f"this pipeline needs {name}, which is not set", f"pass {name}=PATH")
+            self._input_hashes[name] = sha256_path(path)
+        return self._input_hashes[name]
 
     def input_hashes(self, stage: Stage) -> dict[str, str]:
         return self.store.input_hashes(stage, self.input_hash)
@@ -148,8 +158,9 @@ class Engine:
             )
             if self.command:
                 self.run_dir.manifest["command"] = self.command
-            if self.input_path is not None:
-                self.run_dir.manifest["inputs"] = {INPUT: {"path": str(self.input_path), "sha256": self.input_hash()}}
+            needed = {n for s in self.pipeline.stages for n in s.needs if is_input(n)}
+            self.run_dir.manifest["inputs"] = {n: {"path": str(self.inputs.get(n)), "sha256": self.input_hash(n)}
+                                               for n in sorted(needed)}
             for decision in decisions:
                 stage = self.pipeline.stage(decision.stage)
                 if not decision.run:
@@ -196,7 +207,7 @@ class Engine:
         self.run_dir.stages[stage.name] = entry
         self.run_dir.save()
         typed = {k: v for k, v in self.typed.items() if k in stage.schemas}
-        ctx = StageContext(self.cfg, stage, self.run_dir, device, seed, self.quiet, self.input_path, self.store, typed)
+        ctx = StageContext(self.cfg, stage, self.run_dir, device, seed, self.quiet, self.inputs, self.store, typed)
         t0 = time.perf_counter()
         try:
             stage.run(ctx)
@@ -204,7 +215,8 @@ class Engine:
             if missing:
                 raise RuntimeError(f"stage {stage.name} finished without writing {missing}")
             entry["outputs"] = {
-                name: {"path": self.run_dir.rel(path), "sha256": sha256_path(path), "stamp": stamp(path)}
+                name: {"path": self.run_dir.rel(path), "sha256": sha256_path(path), "stamp": stamp(path),
+                       **({"codec": ctx._codecs[name]} if name in ctx._codecs else {})}
                 for name, path in ctx._made.items()
             }
             self._land_exports(ctx, entry)

@@ -18,6 +18,16 @@ from layerforge.pipelines.rundir import load_manifest
 RUN_REFERENCE = "run:"
 
 
+def resolve_inputs(raw: object, out: str | os.PathLike[str]) -> Path | dict[str, Path | None] | None:
+    """``input=`` as the engine takes it: one path, or named inputs ``{name: path}`` when the
+    pipeline's config declares ``input`` as a section (``input.views=``, ``input.masks=``)."""
+    from omegaconf import DictConfig
+
+    if isinstance(raw, (DictConfig, dict)):
+        return {str(k): resolve_input(v, out) for k, v in raw.items()}
+    return resolve_input(raw, out)
+
+
 def resolve_input(raw: object, out: str | os.PathLike[str]) -> Path | None:
     """The absolute path ``input=`` names (``None`` when unset).
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import layerforge
 from layerforge.pipelines.rundir import RunDir, sha256_file, sha256_json, sha256_path, stamp
-from layerforge.pipelines.stage import INPUT, Pipeline, Stage
+from layerforge.pipelines.stage import Pipeline, Stage, is_input
 
 LARGE_FILE = 64 << 20
 """Files above this size (model weights) are fingerprinted by size, mtime and their first and
@@ -117,11 +117,11 @@ class ArtifactStore:
         return self.run_dir.root / rec["path"]
 
     def input_hashes(self, stage: Stage, input_hash: Any) -> dict[str, str]:
-        """Hashes of what a stage reads: the user's input (``input_hash()``), or earlier stages' outputs."""
+        """Hashes of what a stage reads: the user's inputs (``input_hash(name)``), or earlier stages' outputs."""
         hashes = {}
         for need in stage.needs:
-            if need == INPUT:
-                hashes[need] = input_hash()
+            if is_input(need):
+                hashes[need] = input_hash(need)
             elif (rec := self.record(need, stage.name)) is not None:
                 hashes[need] = rec["sha256"]
         return hashes

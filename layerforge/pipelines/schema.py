@@ -43,7 +43,7 @@ def one_of(key: str, value: Any, choices: tuple[Any, ...]) -> None:
 class RunOptions:
     """Options of every run (configs/run.yaml)."""
 
-    input: str | None = None
+    input: Any = None  # a path, a run reference, or named inputs {views: path, ...}
     input_up_axis: str = "auto"  # auto | Y | Z (layerforge.assets.mesh_io)
     run: str | None = None
     out: str = "outputs"

@@ -18,7 +18,13 @@ if TYPE_CHECKING:
     from layerforge.pipelines.context import StageContext
 
 INPUT = "input"
-"""Artifact name of the user's input (``input=PATH``)."""
+"""Artifact name of the user's input (``input=PATH``); named inputs are ``input.<name>``
+(``input.views=PATH``, ``input.masks=PATH``), each hashed on its own."""
+
+
+def is_input(name: str) -> bool:
+    """Whether an artifact name is one of the user's inputs (``input`` or ``input.<name>``)."""
+    return name == INPUT or name.startswith(INPUT + ".")
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class Pipeline:
             raise ConfigError(f"pipeline {self.name} lists a stage twice: {names}", "list each stage once")
         for stage in self.stages:
             for need in stage.needs:
-                if need != INPUT and need not in seen:
+                if not is_input(need) and need not in seen:
                     raise ConfigError(
                         f"stage '{stage.name}' of pipeline {self.name} needs artifact '{need}' that no earlier stage makes",
                         "fix the stage order in the pipeline config",

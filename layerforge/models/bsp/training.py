@@ -11,7 +11,6 @@ A *batch* is a dict:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,10 +21,66 @@ from layerforge.errors import NonFiniteError
 from layerforge.models.bsp.data import PreparedShape
 from layerforge.models.bsp.losses import phase_loss
 from layerforge.models.bsp.network import BSPNet
+from layerforge.models.optimisation import ParamGroup
 
 # BSP-Net paper / modelAE.py: Adam, learning rate 1e-4, beta1 0.5.
 PAPER_LR = 1e-4
 PAPER_BETA1 = 0.5
+
+
+def param_groups(model: BSPNet, lr: float = PAPER_LR, lr_tw: float | None = None, beta1: float = PAPER_BETA1) -> list[ParamGroup]:
+    """BSP-Net's parameters as two groups for :func:`layerforge.pipelines.optimise.optimise`.
+
+    ``main`` (codes, encoder, plane decoder) at ``lr`` and ``tw`` (T and W) at ``lr_tw``
+    (default ``lr``); Adam betas (beta1, 0.999), as :func:`make_optimizer`.
+    """
+    tw = [model.T, model.W]
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in tw)]
+    betas = (beta1, 0.999)
+    return [ParamGroup("main", rest, lr, betas=betas), ParamGroup("tw", tw, lr if lr_tw is None else lr_tw, betas=betas)]
+
+
+class PhaseLoss:
+    """BSP-Net's loss of one training phase (0..4) as an optimisation loss term.
+
+    Returns the phase's total and logs each of its terms (``recon``, ``W``, ``T``, ``overlap``).
+    """
+
+    weight = 1.0
+
+    def __init__(self, phase: int) -> None:
+        self.phase = phase
+        self.name = f"phase{phase}"
+
+    def __call__(self, model: BSPNet, batch: Mapping[str, torch.Tensor], step: int, info: dict[str, Any]) -> torch.Tensor:
+        out = model(batch["points"], voxels=batch.get("voxels"), shape_idx=batch.get("shape_idx"), phase=self.phase)
+        terms = phase_loss(self.phase, out.h2, out.h3, batch["values"], model.T, model.W)
+        info["log"].update({k: v.detach() for k, v in terms.items() if k != "total"})
+        return terms["total"]
+
+
+class PointBatches:
+    """Sampler of point/value batches: ``n_points`` pairs for ``per_batch`` random shapes a step.
+
+    Args:
+        data: :func:`stack_prepared` of the shapes at one resolution (on the target device).
+        n_points: pairs per shape and step.
+        per_batch: shapes per step (all shapes, in order, when >= their number).
+        with_voxels: include the voxels (encoder models).
+    """
+
+    def __init__(self, data: Mapping[str, torch.Tensor], n_points: int, per_batch: int, with_voxels: bool) -> None:
+        self.data = data
+        self.n_points = n_points
+        self.n_shapes = data["values"].shape[0]
+        self.per_batch = min(per_batch, self.n_shapes)
+        self.with_voxels = with_voxels
+
+    def sample(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randperm(self.n_shapes, generator=generator)[: self.per_batch] if self.per_batch < self.n_shapes else None
+        device = self.data["values"].device
+        batch = fit_points(self.data, self.n_points, generator, shape_idx=idx, with_voxels=self.with_voxels)
+        return {k: v.to(device) for k, v in batch.items()}
 
 
 def make_optimizer(model: BSPNet, cfg: Mapping[str, Any] | None = None) -> torch.optim.Adam:
@@ -54,11 +109,9 @@ def train_step(
         NonFiniteError: the loss became NaN or infinite (the step is not applied).
     """
     model.train()
-    out = model(
-        batch["points"], voxels=batch.get("voxels"), shape_idx=batch.get("shape_idx"), phase=phase
-    )
-    terms = phase_loss(phase, out.h2, out.h3, batch["values"], model.T, model.W)
-    total = terms["total"]
+    info: dict[str, Any] = {"log": {}}
+    total = PhaseLoss(phase)(model, batch, 0, info)
+    terms = {**info["log"], "total": total}
     if not torch.isfinite(total):
         raise NonFiniteError(f"BSP-Net phase {phase} loss is {total.item()}", "lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -130,9 +183,3 @@ def shape_planes(
     idx = None if shape_idx is None else torch.tensor([shape_idx])
     planes = model.planes(model.code(voxels, idx))[0].T
     return planes.double().numpy(), model.T.detach().double().numpy()
-
-
-def cosine_lr(step: int, total: int, base: float, final_frac: float = 0.1) -> float:
-    """Cosine decay from ``base`` to ``base * final_frac`` over ``total`` steps (fit mode)."""
-    t = min(max(step / max(total, 1), 0.0), 1.0)
-    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
