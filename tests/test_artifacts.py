@@ -130,3 +130,26 @@ def test_camera_set_refuses_images_of_the_wrong_size():
         CameraSet(views.cameras, torch.zeros(3, 5, 8, 3))
     sub = views[[2, 0]]
     assert sub.names == ["img2", "img0"] and torch.equal(sub.images[1], views.images[0])
+
+
+def test_orbit_views_follow_the_front_and_scheduled_ranges():
+    from layerforge.models.view_sampling import FRONT_AZIMUTH_DEG, OrbitViews
+
+    sampler = OrbitViews(64, 16, 16, elevation_deg=(5.0, [100, 30.0, 80.0, 100]), azimuth_deg=(-10.0, 10.0),
+                         distance=(2.0, 2.0))
+    early, late = sampler.sample(0, torch.Generator().manual_seed(0)), sampler.sample(100, torch.Generator().manual_seed(0))
+    assert early.elevation_deg.max() <= 30.0 < late.elevation_deg.max() <= 80.0
+    assert early.azimuth_deg.abs().max() <= 10.0
+    centres = torch.linalg.inv(early.cameras.world_to_camera)[:, :3, 3]
+    # "front" views sit on the -Y side of the object (Blender's Front view looks along +Y)
+    assert FRONT_AZIMUTH_DEG == -90.0 and bool((centres[:, 1] < -1.5).all()), centres[:4]
+
+
+def test_dataset_views_draw_distinct_views_reproducibly():
+    from layerforge.models.view_sampling import DatasetViews
+
+    views = _views()
+    a = DatasetViews(views, 2).sample(0, torch.Generator().manual_seed(3))
+    b = DatasetViews(views, 2).sample(0, torch.Generator().manual_seed(3))
+    assert a.names == b.names and len(set(a.names)) == 2
+    assert DatasetViews(views, 10).sample(0, torch.Generator()).names == views.names
