@@ -141,8 +141,8 @@ class Camera:
         world_to_camera: [B, 4, 4] rigid transforms, OpenCV camera axes (+x right, +y down,
             +z forward).
         width, height: image size in pixels.
-        near, far: clipping distances along camera +z in metres. The mesh rasterizer skips
-            faces with a vertex nearer than ``near``; nothing beyond ``far`` is drawn.
+        near, far: clipping distances along camera +z in metres. The mesh rasterizer clips
+            faces at ``near`` (a room seen from inside stays closed); nothing beyond ``far`` is drawn.
 
     Unbatched ``K`` [3, 3] / ``world_to_camera`` [4, 4] (or [3, 4]) are promoted to B = 1.
     ``cam[i]`` keeps the batch dimension (B = 1); ``len(cam)`` is B.
