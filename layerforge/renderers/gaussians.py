@@ -232,7 +232,6 @@ def _rasterize_torch(
     B = colors.shape[0]
     D = colors.shape[-1]
     dev, dtype = colors.device, colors.dtype
-    n_pix = width * height
     vv, uu = torch.meshgrid(
         torch.arange(height, device=dev), torch.arange(width, device=dev), indexing="ij"
     )
