@@ -38,7 +38,7 @@ def test_normalise_round_trip() -> None:
     assert np.allclose(centre, [5, -1, 2])
     assert np.linalg.norm(v.max(0) - v.min(0)) == pytest.approx(1.0)
     assert np.allclose(v.max(0), -v.min(0))
-    assert np.allclose(data.denormalise(v, centre, scale), box.vertices)
+    assert np.allclose(data.frame_of(centre, scale).apply(v), box.vertices)
 
 
 def test_winding_number_closed_and_open_cube() -> None:

@@ -63,8 +63,9 @@ def test_fit_l_shape_writes_deliverables_in_input_units(tmp_path):
     engine = _engine(tmp_path, src, FIT_SCHEDULE, "export.formats=[glb,obj,usd]")
     engine.run()
     export = tmp_path / "out" / "bsp" / "r" / "export"
-    for name in ("ell.glb", "ell.obj", "ell.mtl", "ell.usda", "metrics.json", "preview.png"):
+    for name in ("ell.glb", "ell.obj", "ell.mtl", "ell.usda", "metrics.json", "preview.png", "scene_frame.json"):
         assert (export / name).is_file(), name
+    assert json.loads((export / "scene_frame.json").read_text()) == {"to_world": np.eye(4).tolist()}  # input's own frame
     metrics = json.loads((export / "metrics.json").read_text())["ell"]
     assert metrics["cd"] < 0.0015, metrics  # the product target, normalised to bbox diagonal 1
     assert metrics["nc"] > 0.85, metrics

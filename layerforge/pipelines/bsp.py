@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from layerforge.assets.atomic import atomic_write_bytes, atomic_write_json
+from layerforge.assets.frame import SCENE_FRAME_FILE, SceneFrame
 from layerforge.assets.mesh_io import MESH_SUFFIXES
 from layerforge.errors import ConfigError, InputError, OutputError
-from layerforge.models.bsp.data import PreparedShape, denormalise, prepare_shape
+from layerforge.models.bsp.data import PreparedShape, frame_of, prepare_shape
 from layerforge.models.bsp.extract import extract_convexes, load_convexes, load_extraction_stats, save_convexes
 from layerforge.models.bsp.network import BSPConfig, BSPNet, load_model, save_model
 from layerforge.pipelines.bsp_config import (
@@ -284,7 +285,7 @@ def export(ctx: StageContext) -> None:
     previews = []
     for path in _shape_files(ctx.input("convexes")):
         shape = PreparedShape.load(ctx.input("shapes") / path.name)
-        centre, scale = np.asarray(shape.centre, np.float64), shape.scale
+        frame = frame_of(shape.centre, shape.scale)  # BSP-Net's normalised frame -> the input's coordinates
         parts = []
         convexes = load_convexes(path)
         if not convexes:
@@ -292,7 +293,7 @@ def export(ctx: StageContext) -> None:
             continue
         colors = _palette(len(convexes))
         for i, part in enumerate(convexes):
-            world = denormalise(part.vertices, centre, scale).astype(np.float32)  # back to the input's units
+            world = frame.apply(part.vertices).astype(np.float32)  # back to the input's units
             f = part.faces
             name = part_name(path.stem, i, len(convexes), cfg.collision_naming)
             mat = Material(f"convex_{i:03d}", base_color=colors[i], roughness=0.6)
@@ -307,6 +308,7 @@ def export(ctx: StageContext) -> None:
             frame = dict(center=(lo + hi) / 2, radius=float(np.linalg.norm(hi - lo) / 2), size=int(cfg.preview_size))
             previews.append(side_by_side(render_asset_views(ref, **frame), render_asset_views(asset, **frame)))
     atomic_write_json(staged / "metrics.json", metrics)
+    SceneFrame().save(staged / SCENE_FRAME_FILE)  # deliverables are in the input's own coordinates: identity
     if previews:
         image = texture_to_png(side_by_side(*previews), srgb=True)
         atomic_write_bytes(staged / "preview.png", image)

@@ -2,8 +2,8 @@
 
 Coordinates: every array this module returns lives in the *normalised* frame, the input
 mesh centred on its bounding box and scaled to a bounding-box diagonal of 1 (the authors'
-advice), so the shape fits in [-0.5, 0.5]^3. :func:`denormalise` maps back to the input's
-own coordinates.
+advice), so the shape fits in [-0.5, 0.5]^3. :func:`frame_of` (a
+:class:`~layerforge.assets.frame.SceneFrame`) maps back to the input's own coordinates.
 
 Inside/outside uses the generalised winding number (GWN, Jacobson et al. 2013), thresholded
 at 0.5, so open and self-intersecting real scans work. The 64^3 occupancy evaluates the GWN
@@ -34,6 +34,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from layerforge.assets.atomic import atomic_path
+from layerforge.assets.frame import SceneFrame
 from layerforge.errors import InputError
 from layerforge.models.metrics import sample_surface
 
@@ -138,9 +139,12 @@ def normalise_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray,
     return (v - centre) * scale, centre, scale
 
 
-def denormalise(points: np.ndarray, centre: np.ndarray, scale: float) -> np.ndarray:
-    """Map [..., 3] normalised points back to the input mesh's coordinates."""
-    return np.asarray(points) / scale + np.asarray(centre)
+def frame_of(centre: np.ndarray, scale: float) -> SceneFrame:
+    """The normalised frame of :func:`normalise_mesh` as a scene frame: normalised -> input coordinates."""
+    to_world = np.eye(4)
+    to_world[:3, :3] /= scale
+    to_world[:3, 3] = np.asarray(centre, np.float64)
+    return SceneFrame(to_world)
 
 
 def winding_number(
