@@ -1,3 +1,3 @@
 """layerforge: meshes, scans, posed photos and prompts into decomposed, production-ready 3D assets."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
