@@ -27,7 +27,7 @@ from layerforge.models.fields import (
     render_field,
     render_rays,
 )
-from layerforge.models.fields.encodings import trilinear_corners
+from layerforge.models.fields.encodings import cell_coordinates, trilinear_corners
 from layerforge.models.fields.hashgrid import HASH_PRIMES
 from layerforge.models.fields.mlp_fields import VOLSDF_BETA_INIT
 from layerforge.renderers.cameras import Camera, generate_rays, intrinsics_from_fov, look_at, orbit_cameras
@@ -76,7 +76,10 @@ def _small_density_field(encoding: EncodingConfig, seed: int = 0) -> DensityFiel
     return DensityField(BOX, cfg)
 
 
-TINY_HASH = HashGridConfig(num_levels=4, features_per_level=2, log2_hashmap_size=9, base_resolution=4, max_resolution=32)
+# 4 levels, N = 4 -> 32, T = 2^9: level 0 (5^3 = 125 vertices) is dense, the finest is hashed.
+TINY_HASH = HashGridConfig(
+    num_levels=4, features_per_level=2, log2_hashmap_size=9, base_resolution=4, max_resolution=32
+)
 
 
 # --- encodings -----------------------------------------------------------------------------
@@ -121,12 +124,28 @@ def test_fine_hash_level_uses_instant_ngp_primes():
     assert (TINY_HASH.max_resolution + 1) ** 3 > t
 
 
+def test_fast_hash_indexing_matches_the_reference_per_corner_form():
+    torch.manual_seed(0)
+    g = HashGrid(TINY_HASH)
+    x = torch.rand(2000, 3)
+    # box corners and faces (x = 1 interpolates inside the last cell), cell boundaries
+    x[:8] = torch.tensor([[0.0, 0, 0], [1, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5], [0.25, 1, 0], [0, 0, 1], [1, 1, 0], [0.999, 0, 0.5]])
+    corners, w = trilinear_corners(x, g.resolution)
+    rows = g.level_indices(corners)  # [P, L, 8] reference: all 24 products, both paths per level
+    base, _ = cell_coordinates(x, g.resolution)
+    assert torch.equal(g.cell_indices(base), rows)
+    ref = (w[..., None] * g.table[rows]).sum(-2).reshape(len(x), -1)
+    assert torch.allclose(g(x), ref, atol=1e-7)
+    assert torch.allclose(w.sum(-1), torch.ones_like(w[..., 0]))
+
+
 def test_hash_grid_gradients_match_finite_differences():
     torch.manual_seed(0)
     g = HashGrid(HashGridConfig(3, 2, 6, 2, 8, init_scale=1.0)).double()
     x = (0.05 + 0.9 * torch.rand(6, 3, dtype=torch.float64)).requires_grad_(True)
     # w.r.t. the inputs and the table entries together (central differences, eps 1e-6).
-    assert torch.autograd.gradcheck(lambda xx, tab: _hash_with_table(g, xx, tab), (x, g.table.detach().clone().requires_grad_(True)))
+    table = g.table.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda xx, tab: _hash_with_table(g, xx, tab), (x, table))
     # second derivatives (the eikonal loss differentiates the input gradient again)
     assert torch.autograd.gradgradcheck(lambda xx: g(xx), (x,))
 
@@ -297,10 +316,12 @@ def test_chunked_and_unchunked_renders_agree():
 
 def test_render_is_differentiable_into_tables_and_beta():
     torch.manual_seed(0)
-    cfg = SDFFieldConfig(encoding=EncodingConfig("hashgrid", TINY_HASH), hidden=(16,), color_hidden=(16,), sphere_radius=0.4)
+    enc = EncodingConfig("hashgrid", TINY_HASH)
+    cfg = SDFFieldConfig(encoding=enc, hidden=(16,), color_hidden=(16,), sphere_radius=0.4)
     comp = ComposedSDFField([SDFField(BOX, cfg), SDFField(BOX, cfg)])
     cam = _camera_looking_along_x(8, 6)
-    out = render_field(comp, cam, SamplerConfig(num_samples=16, perturb=True), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    out = render_field(comp, cam, SamplerConfig(num_samples=16, perturb=True), generator=gen)
     (out.rgb.mean() + out.extras["object_alpha"].mean()).backward()
     assert comp.laplace.beta_param.grad is not None and float(comp.laplace.beta_param.grad.abs()) > 0
     assert float(comp.objects[0].encoding.table.grad.abs().sum()) > 0

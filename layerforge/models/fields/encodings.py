@@ -14,7 +14,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Encoding", "PositionalEncoding", "DenseGrid", "trilinear_corners", "CORNER_OFFSETS"]
+__all__ = [
+    "Encoding",
+    "PositionalEncoding",
+    "DenseGrid",
+    "cell_coordinates",
+    "trilinear_weights",
+    "trilinear_corners",
+    "CORNER_OFFSETS",
+]
 
 # The 8 corners of a unit cell, [8, 3] in (x, y, z) bit order: corner c has offset bit i of c.
 CORNER_OFFSETS = torch.tensor([[(c >> i) & 1 for i in range(3)] for c in range(8)], dtype=torch.long)
@@ -41,13 +49,16 @@ class PositionalEncoding(Encoding):
         include_input: also return ``x`` itself (NeRF's code does; out_dim grows by in_dim).
     """
 
-    def __init__(self, in_dim: int = 3, num_frequencies: int = NERF_POSITION_FREQUENCIES, include_input: bool = True) -> None:
+    def __init__(
+        self, in_dim: int = 3, num_frequencies: int = NERF_POSITION_FREQUENCIES, include_input: bool = True
+    ) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.num_frequencies = num_frequencies
         self.include_input = include_input
         self.out_dim = in_dim * (2 * num_frequencies + int(include_input))
-        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float32), persistent=False)
+        freqs = math.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float32)
+        self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., in_dim] (any units; NeRF feeds coordinates in about [-1, 1]) -> [..., out_dim]."""
@@ -56,8 +67,8 @@ class PositionalEncoding(Encoding):
         return torch.cat([x, enc], dim=-1) if self.include_input else enc
 
 
-def trilinear_corners(x: Tensor, resolution: Tensor) -> tuple[Tensor, Tensor]:
-    """Integer corners and trilinear weights of the grid cells containing ``x``.
+def cell_coordinates(x: Tensor, resolution: Tensor) -> tuple[Tensor, Tensor]:
+    """Lower cell corner and fractional position of ``x`` in grids of resolution ``N_l``.
 
     The grid of resolution ``N`` has vertices at ``i / N``, i = 0..N (N + 1 per axis, as in
     Instant-NGP, Sec. 3: ``floor(x N_l)`` and ``ceil(x N_l)``).
@@ -67,19 +78,39 @@ def trilinear_corners(x: Tensor, resolution: Tensor) -> tuple[Tensor, Tensor]:
         resolution: [L] grid resolutions N_l (one per level; pass [1] for a single grid).
 
     Returns:
-        corners [P, L, 8, 3] int64 vertex coordinates in 0..N_l, and weights [P, L, 8]
-        (sum to 1; differentiable w.r.t. ``x``, twice).
+        base [P, L, 3] int64 lower corners in 0..N_l - 1 and frac [P, L, 3] in [0, 1]
+        (differentiable w.r.t. ``x``).
     """
     res = resolution.to(x)
     pos = x.clamp(0.0, 1.0)[:, None, :] * res[None, :, None]  # [P, L, 3]
     # floor at most N - 1 so the point x = 1 interpolates inside the last cell.
     base = torch.minimum(pos.detach().floor(), (res - 1.0)[None, :, None])
-    frac = pos - base  # [P, L, 3], gradient flows through pos
-    off = CORNER_OFFSETS.to(x.device)  # [8, 3]
-    corners = base.long()[:, :, None, :] + off[None, None]  # [P, L, 8, 3]
-    offf = off.to(x)
-    w = torch.where(offf[None, None].bool(), frac[:, :, None, :], 1.0 - frac[:, :, None, :])  # [P, L, 8, 3]
-    return corners, w.prod(-1)
+    return base.long(), pos - base
+
+
+def trilinear_weights(frac: Tensor) -> Tensor:
+    """[..., 3] fractional positions -> [..., 8] corner weights in :data:`CORNER_OFFSETS` order.
+
+    Built as an outer product of per-axis ``(1 - f, f)`` pairs (twice differentiable).
+    """
+    wa = torch.stack([1.0 - frac, frac], dim=-1)  # [..., 3, 2]
+    w = wa[..., 2, :, None, None] * wa[..., 1, None, :, None] * wa[..., 0, None, None, :]  # [..., z, y, x]
+    return w.flatten(-3)
+
+
+def trilinear_corners(x: Tensor, resolution: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer corners and trilinear weights of the cells containing ``x`` (reference form).
+
+    Args:
+        x: [P, 3] points in [0, 1]^3 (clamped). resolution: [L] resolutions N_l.
+
+    Returns:
+        corners [P, L, 8, 3] int64 vertex coordinates in 0..N_l (corner ``c`` adds bit i of
+        c on axis i, :data:`CORNER_OFFSETS`) and weights [P, L, 8] (sum to 1).
+    """
+    base, frac = cell_coordinates(x, resolution)
+    corners = base[:, :, None, :] + CORNER_OFFSETS.to(x.device)[None, None]
+    return corners, trilinear_weights(frac)
 
 
 class DenseGrid(Encoding):
@@ -109,6 +140,6 @@ class DenseGrid(Encoding):
         corners, w = trilinear_corners(x.reshape(-1, 3), self._res)
         n = self.resolution + 1
         idx = (corners[..., 0] * n + corners[..., 1]) * n + corners[..., 2]  # [P, 1, 8], x-major
-        feats = self.grid.reshape(-1, self.out_dim)[idx.reshape(-1)].reshape(*idx.shape, self.out_dim)
+        feats = self.grid.reshape(-1, self.out_dim).index_select(0, idx.reshape(-1)).reshape(*idx.shape, self.out_dim)
         out = (w[..., None].to(feats) * feats).sum(-2)[:, 0]
         return out.reshape(*lead, self.out_dim)

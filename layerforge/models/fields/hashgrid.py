@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .encodings import Encoding, trilinear_corners
+from .encodings import Encoding, cell_coordinates, trilinear_weights
 
 __all__ = ["HashGridConfig", "HashGrid", "HASH_PRIMES", "INSTANT_NGP_INIT_SCALE", "DP_RECON_HASHGRID"]
 
@@ -94,7 +94,9 @@ class HashGrid(Encoding):
             offsets.append(offsets[-1] + s)
         self.register_buffer("resolution", torch.tensor(res, dtype=torch.float32), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
-        self.register_buffer("dense", torch.tensor([(n + 1) ** 3 <= t for n in res]), persistent=False)
+        dense = [(n + 1) ** 3 <= t for n in res]  # N_l grows with l, so dense levels come first
+        self._num_dense = sum(dense)
+        self.register_buffer("dense", torch.tensor(dense), persistent=False)
         self.register_buffer("primes", torch.tensor(HASH_PRIMES, dtype=torch.long), persistent=False)
         s = config.init_scale
         self.table = nn.Parameter(torch.empty(offsets[-1], config.features_per_level).uniform_(-s, s))
@@ -119,16 +121,56 @@ class HashGrid(Encoding):
         local = torch.where(self.dense[None, :, None], dense_idx, hashed)
         return local + self.offsets[:-1][None, :, None]
 
+    def cell_indices(self, base: Tensor) -> Tensor:
+        """Table rows of the 8 corners of the cells with lower corners ``base``.
+
+        Same rows as :meth:`level_indices` on the corners (tested), but each axis' two
+        coordinates are hashed once and combined by broadcasting: 6 instead of 24 int64
+        products per point and level, and dense and hashed levels computed apart.
+
+        Args:
+            base: [P, L, 3] int64 lower cell corners.
+
+        Returns:
+            [P, L, 8] int64 rows, corners in :data:`~.encodings.CORNER_OFFSETS` order.
+        """
+        ax = torch.stack([base, base + 1], dim=-1)  # [P, L, 3, 2]
+        nd = self._num_dense
+        parts = []
+        if nd > 0:
+            n1 = (self.resolution[:nd].long() + 1)[None, :, None]  # [1, Ld, 1]
+            a = ax[:, :nd]
+            parts.append(
+                (a[:, :, 0] * (n1 * n1))[..., None, None, :]
+                + (a[:, :, 1] * n1)[..., None, :, None]
+                + a[:, :, 2][..., :, None, None]
+            )
+        if nd < self.config.num_levels:
+            a = ax[:, nd:]
+            p = self.primes
+            h = (
+                (a[:, :, 0] * p[0])[..., None, None, :]
+                ^ (a[:, :, 1] * p[1])[..., None, :, None]
+                ^ (a[:, :, 2] * p[2])[..., :, None, None]
+            )
+            parts.append(h & ((1 << self.config.log2_hashmap_size) - 1))
+        local = torch.cat(parts, dim=1).flatten(-3)  # [P, L, 8]
+        return local + self.offsets[:-1][None, :, None]
+
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., 3] in [0, 1]^3 (clamped) -> [..., L F], level-major (level 0's F first)."""
         lead = x.shape[:-1]
-        corners, w = trilinear_corners(x.reshape(-1, 3), self.resolution)  # [P, L, 8, 3], [P, L, 8]
-        idx = self.level_indices(corners)  # [P, L, 8]
+        base, frac = cell_coordinates(x.reshape(-1, 3), self.resolution)  # [P, L, 3] each
+        idx = self.cell_indices(base)  # [P, L, 8]
+        w = trilinear_weights(frac)  # [P, L, 8]
         f = self.config.features_per_level
-        feats = self.table[idx.reshape(-1)].reshape(*idx.shape, f)  # [P, L, 8, F]
+        feats = self.table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, f)  # [P, L, 8, F]
         out = (w[..., None].to(feats) * feats).sum(-2)  # [P, L, F]
         return out.reshape(*lead, self.out_dim)
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"L={c.num_levels}, F={c.features_per_level}, T=2^{c.log2_hashmap_size}, N={c.base_resolution}->{c.max_resolution}"
+        return (
+            f"L={c.num_levels}, F={c.features_per_level}, T=2^{c.log2_hashmap_size}, "
+            f"N={c.base_resolution}->{c.max_resolution}"
+        )

@@ -163,11 +163,17 @@ class DensityFieldConfig:
 class _ColourHead(nn.Module):
     """Geometry feature (+ encoded direction) -> sigmoid RGB [..., 3]."""
 
-    def __init__(self, feat_dim: int, hidden: tuple[int, ...], view_dependent: bool, direction_frequencies: int) -> None:
+    def __init__(
+        self, feat_dim: int, hidden: tuple[int, ...], view_dependent: bool, direction_frequencies: int
+    ) -> None:
         super().__init__()
         self.dir_enc = PositionalEncoding(3, direction_frequencies, include_input=True) if view_dependent else None
         in_dim = feat_dim + (self.dir_enc.out_dim if self.dir_enc is not None else 0)
         self.mlp = MLP(in_dim, hidden, 3)
+
+    @classmethod
+    def from_config(cls, cfg: DensityFieldConfig | SDFFieldConfig) -> _ColourHead:
+        return cls(cfg.geo_features, cfg.color_hidden, cfg.view_dependent, cfg.direction_frequencies)
 
     def forward(self, feat: Tensor, directions: Tensor | None) -> Tensor:
         if self.dir_enc is not None:
@@ -191,7 +197,7 @@ class DensityField(Field):
         self.config = config
         self.encoding = make_encoding(config.encoding)
         self.geo = MLP(self.encoding.out_dim, config.hidden, 1 + config.geo_features)
-        self.colour = _ColourHead(config.geo_features, config.color_hidden, config.view_dependent, config.direction_frequencies)
+        self.colour = _ColourHead.from_config(config)
         self.semantic = MLP(config.geo_features, (), config.num_semantics) if config.num_semantics > 0 else None
         self._act = _ACTIVATIONS[config.density_activation]
 
@@ -274,7 +280,7 @@ class SDFField(Field):
         self.config = config
         self.encoding = make_encoding(config.encoding)
         self.geo = MLP(self.encoding.out_dim + 3, config.hidden, 1 + config.geo_features)
-        self.colour = _ColourHead(config.geo_features, config.color_hidden, config.view_dependent, config.direction_frequencies)
+        self.colour = _ColourHead.from_config(config)
         self.semantic = MLP(config.geo_features, (), config.num_semantics) if config.num_semantics > 0 else None
         self.laplace = LaplaceDensity(config.beta_init)
 

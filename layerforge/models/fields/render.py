@@ -143,10 +143,12 @@ def render_rays(
             result["object_alpha"] = (trans[..., None] * obj_alpha).sum(-2)
     acc = w.sum(-1, keepdim=True)
     dist = expected_depth(w, edges, "ED")
-    result.update(rgb=rgb, alpha=acc, distance=torch.where(acc > 0, dist, torch.zeros_like(dist)), weights=w, edges=edges)
+    dist = torch.where(acc > 0, dist, torch.zeros_like(dist))
+    result.update(rgb=rgb, alpha=acc, distance=dist, weights=w, edges=edges)
     if normals is not None:
         n = composite(w, normals)
-        result["normals"] = torch.where(n.norm(dim=-1, keepdim=True) > 1e-12, F.normalize(n, dim=-1), torch.zeros_like(n))
+        nonzero = n.norm(dim=-1, keepdim=True) > 1e-12
+        result["normals"] = torch.where(nonzero, F.normalize(n, dim=-1), torch.zeros_like(n))
     return result
 
 
