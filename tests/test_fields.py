@@ -27,6 +27,7 @@ from layerforge.models.fields import (
     render_field,
     render_rays,
 )
+from layerforge.models.fields.config import load_field_spec, load_field_yaml, packaged_field_config
 from layerforge.models.fields.encodings import cell_coordinates, trilinear_corners
 from layerforge.models.fields.hashgrid import HASH_PRIMES
 from layerforge.models.fields.mlp_fields import VOLSDF_BETA_INIT
@@ -129,7 +130,9 @@ def test_fast_hash_indexing_matches_the_reference_per_corner_form():
     g = HashGrid(TINY_HASH)
     x = torch.rand(2000, 3)
     # box corners and faces (x = 1 interpolates inside the last cell), cell boundaries
-    x[:8] = torch.tensor([[0.0, 0, 0], [1, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5], [0.25, 1, 0], [0, 0, 1], [1, 1, 0], [0.999, 0, 0.5]])
+    x[:8] = torch.tensor(
+        [[0.0, 0, 0], [1, 1, 1], [1, 0, 1], [0.5, 0.5, 0.5], [0.25, 1, 0], [0, 0, 1], [1, 1, 0], [0.999, 0, 0.5]]
+    )
     corners, w = trilinear_corners(x, g.resolution)
     rows = g.level_indices(corners)  # [P, L, 8] reference: all 24 products, both paths per level
     base, _ = cell_coordinates(x, g.resolution)
@@ -339,3 +342,65 @@ def test_full_640x480_render_finishes_on_cpu():
     elapsed = time.perf_counter() - t0
     assert out.rgb.shape == (1, 480, 640, 3) and torch.isfinite(out.rgb).all()
     assert elapsed < 120.0, f"640x480 render took {elapsed:.1f} s"
+
+
+# --- packaged configs ----------------------------------------------------------------------
+def test_packaged_field_configs_build_the_papers_fields():
+    spec = load_field_yaml(packaged_field_config("dp_recon"), num_objects=3)
+    assert spec.kind == "sdf" and spec.composition == "min" and spec.num_objects == 3
+    assert spec.network.encoding.hashgrid == DP_RECON_HASHGRID and spec.network.hidden == (256, 256)
+    comp = spec.build()
+    assert isinstance(comp, ComposedSDFField) and comp.num_objects == 3
+    assert float(comp.laplace.beta.detach()) == pytest.approx(0.1, rel=1e-2)
+    out = comp(torch.rand(5, 3) * 2 - 1, torch.nn.functional.normalize(torch.randn(5, 3), dim=-1))
+    assert out.object_sdf.shape == (5, 3) and out.rgb.shape == (5, 3)
+
+    spec = load_field_yaml(packaged_field_config("udc_nerf"))
+    assert spec.kind == "density" and spec.composition == "sum"
+    assert (spec.sampler.num_samples, spec.sampler.num_importance) == (64, 64)
+    comp = spec.build()
+    assert isinstance(comp, ComposedDensityField)
+    assert comp.objects[0].encoding.out_dim == 3 * (2 * 10 + 1)
+    assert comp(torch.zeros(2, 3)).object_density.shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "cfg, words",
+    [
+        ({"kind": "sdf", "colour": 1}, "unknown key(s) ['colour']"),
+        ({"kind": "nerf"}, "field.kind"),
+        ({"kind": "sdf", "composition": "sum", "num_objects": 2}, "does not apply"),
+        ({"kind": "sdf", "network": {"hiden": [8]}}, "field.network: unknown key(s) ['hiden']"),
+        ({"kind": "sdf", "network": {"encoding": {"type": "tcnn"}}}, "field.network.encoding.type must be one of"),
+        ({"kind": "sdf", "network": {"encoding": {"hashgrid": {"num_levels": 0}}}}, "field.network.encoding.hashgrid"),
+        ({"kind": "density", "sampler": {"num_samples": 0}}, "field.sampler"),
+        ({"kind": "sdf", "aabb": [[0, 0, 0], [1, 1]]}, "field.aabb"),
+        ({"kind": "sdf", "num_objects": 2}, "field.num_objects"),
+    ],
+)
+def test_bad_field_configs_fail_with_one_line_errors(cfg, words):
+    with pytest.raises(ValueError) as exc:
+        load_field_spec(cfg)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+# --- GPU -------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_hash_grid_field_renders_the_same_on_gpu_and_cpu():
+    torch.manual_seed(0)
+    comp = ComposedDensityField([_small_density_field(EncodingConfig("hashgrid", TINY_HASH), s) for s in range(2)])
+    cams = orbit_cameras(torch.tensor([20.0, 35.0]), torch.tensor([0.0, 120.0]), 3.0, 45.0, 20, 14)
+    sampler = SamplerConfig(num_samples=24, num_importance=16)
+    x = torch.rand(1000, 3)
+    enc = comp.objects[0].encoding
+    with torch.no_grad():
+        enc_cpu = enc(x)
+        cpu = render_field(comp, cams, sampler)
+        comp = comp.cuda()
+        enc_gpu = enc(x.cuda()).cpu()
+        gpu = render_field(comp, cams, sampler)
+    assert torch.allclose(enc_cpu, enc_gpu, atol=1e-6)
+    assert gpu.rgb.device.type == "cuda"
+    for name in ("rgb", "alpha", "depth"):
+        assert torch.allclose(getattr(cpu, name), getattr(gpu, name).cpu(), atol=1e-4), name
+    assert torch.allclose(cpu.extras["object_alpha"], gpu.extras["object_alpha"].cpu(), atol=1e-4)

@@ -9,10 +9,13 @@
   :class:`ComposedSDFField` (SDF minimum, ObjectSDF++/DP-Recon).
 - :mod:`.render`: :func:`render_field` (cameras -> ``RenderOutput``, chunked) and
   :func:`render_rays` (any ray bundle).
+- :mod:`.config`: typed, validated field configs (``configs/field/*.yaml``: ``dp_recon``,
+  ``udc_nerf``).
 """
 
 from .base import Field, FieldOutput, normalize_aabb, ray_aabb
 from .compose import ComposedDensityField, ComposedSDFField
+from .config import FieldSpec, load_field_spec, load_field_yaml, packaged_field_config
 from .encodings import DenseGrid, Encoding, PositionalEncoding
 from .hashgrid import DP_RECON_HASHGRID, HashGrid, HashGridConfig
 from .mlp_fields import (
@@ -51,4 +54,8 @@ __all__ = [
     "SamplerConfig",
     "render_field",
     "render_rays",
+    "FieldSpec",
+    "load_field_spec",
+    "load_field_yaml",
+    "packaged_field_config",
 ]
