@@ -317,6 +317,19 @@ def test_chunked_and_unchunked_renders_agree():
     assert float(full.alpha.max()) > 0.1  # the random field is not empty
 
 
+def test_chunking_bounds_the_points_per_field_call():
+    field = _small_density_field(EncodingConfig("dense", dense_resolution=8, dense_features=4))
+    calls: list[int] = []
+    field.register_forward_hook(lambda mod, args, out: calls.append(args[0][..., 0].numel()))
+    cams = orbit_cameras(30.0, 10.0, 3.0, 45.0, 33, 21)
+    sampler = SamplerConfig(num_samples=16, num_importance=8)
+    with torch.no_grad():
+        render_field(field, cams, sampler, chunk_rays=50)
+    # coarse pass 16 and fine pass 16 + 8 + 1 intervals per ray, at most 50 rays per call
+    assert max(calls) == 50 * (16 + 8 + 1)
+    assert sum(calls) == 33 * 21 * (16 + 16 + 8 + 1)
+
+
 def test_render_is_differentiable_into_tables_and_beta():
     torch.manual_seed(0)
     enc = EncodingConfig("hashgrid", TINY_HASH)
@@ -404,3 +417,24 @@ def test_hash_grid_field_renders_the_same_on_gpu_and_cpu():
     for name in ("rgb", "alpha", "depth"):
         assert torch.allclose(getattr(cpu, name), getattr(gpu, name).cpu(), atol=1e-4), name
     assert torch.allclose(cpu.extras["object_alpha"], gpu.extras["object_alpha"].cpu(), atol=1e-4)
+
+
+def test_field_outputs_shapes_semantics_and_view_dependence():
+    torch.manual_seed(0)
+    enc = EncodingConfig("frequency", num_frequencies=4)
+    cfg = DensityFieldConfig(encoding=enc, hidden=(16,), geo_features=7, color_hidden=(16,), num_semantics=3)
+    f = DensityField(BOX, cfg)
+    pts = torch.rand(4, 5, 3) * 2 - 1
+    d1 = torch.nn.functional.normalize(torch.randn(4, 5, 3), dim=-1)
+    out = f(pts, d1)
+    assert out.density.shape == (4, 5, 1) and out.rgb.shape == (4, 5, 3) and out.semantics.shape == (4, 5, 3)
+    assert bool((out.density >= 0).all()) and bool(((out.rgb > 0) & (out.rgb < 1)).all())
+    assert not torch.allclose(f(pts, -d1).rgb, out.rgb)  # view-dependent colour
+    assert torch.equal(f(pts, -d1).density, out.density)  # density is not
+    assert float(f(torch.tensor([[3.0, 0.0, 0.0]])).density.detach()) == 0.0  # empty outside the box
+    cfg = SDFFieldConfig(encoding=enc, hidden=(16,), color_hidden=(16,), view_dependent=False, num_semantics=2)
+    comp = ComposedSDFField([SDFField(BOX, cfg), SDFField(BOX, cfg)])
+    o = comp(pts)
+    assert o.semantics.shape == (4, 5, 2) and o.object_sdf.shape == (4, 5, 2) and o.object_rgb.shape == (4, 5, 2, 3)
+    pick = o.object_sdf.argmin(-1, keepdim=True)
+    assert torch.equal(o.rgb, o.object_rgb.gather(-2, pick[..., None].expand(4, 5, 1, 3))[..., 0, :])
