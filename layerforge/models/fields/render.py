@@ -24,6 +24,7 @@ from layerforge.renderers.volume import (
     composite_objects,
     expected_depth,
     midpoints,
+    render_output_from_rays,
     sample_pdf,
     sample_stratified,
     weights_from_density,
@@ -191,7 +192,7 @@ def render_field(
     b, h, w = len(cams), cams.height, cams.width
     origins, dirs = generate_rays(cams, normalize=True)  # [B, H, W, 3]
     forward = cams.camera_to_world[:, :3, 2]  # OpenCV +z (viewing direction) in world, [B, 3]
-    cos = (dirs * forward[:, None, None, :]).sum(-1, keepdim=True)  # [B, H, W, 1]
+    cos = (dirs * forward[:, None, None, :]).sum(-1, keepdim=True)  # [B, H, W, 1], > 0 in view
     o, d, c = origins.reshape(-1, 3), dirs.reshape(-1, 3), cos.reshape(-1, 1)
     bg = None if background is None else torch.as_tensor(background, dtype=dtype, device=device)
 
@@ -207,12 +208,6 @@ def render_field(
         for k in keys:
             if k in r:
                 parts[k].append(r[k])
-    cat = {k: torch.cat(v).reshape(b, h, w, -1) for k, v in parts.items() if v}
-    extras = {"object_alpha": cat["object_alpha"]} if "object_alpha" in cat else {}
-    return RenderOutput(
-        rgb=cat["rgb"],
-        alpha=cat["alpha"],
-        depth=cat["distance"] * cos,
-        normals=cat.get("normals"),
-        extras=extras,
-    )
+    rays = {("depth" if k == "distance" else k): torch.cat(v) for k, v in parts.items() if v}
+    # ray distance -> camera z (t times the cosine to the optical axis), once, in renderers/volume
+    return render_output_from_rays(rays, cams, directions=d)
