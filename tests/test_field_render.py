@@ -8,23 +8,26 @@ opacity, eikonal term) and fitted with RGB MSE + per-object mask BCE on random r
 held-out PSNR, per-object mask IoU and camera-z depth against the rasterizer's must clear
 the bounds below, in under a minute each.
 
-Measured (seeds 0-3, one thread on a shared 2-core machine, 2026-12-01; an all-black image
-scores 15.9 dB, the mean training image 19.0 dB):
-- density sum: PSNR 34.1-36.1 dB, mask IoU box 0.980-0.983 / sphere 0.977-0.980, median depth
-  error 2.4-2.8 cm, 14-16 s per fit.
-- SDF min: PSNR 29.3-33.3 dB, IoU box 0.873-0.949 / sphere 0.906-0.953, depth error
-  2.1-3.6 cm, mean eikonal residual 0.044-0.053, beta 0.1 -> 0.009-0.023 m, 20-25 s per fit.
+Measured (seeds 0-3, one thread on a shared 2-core machine, 2026-12-01, fitted through the
+engine and optimise(); an all-black image scores 15.9 dB, the mean training image 19.0 dB):
+- density sum: PSNR 34.1-36.0 dB, mask IoU box 0.980-0.982 / sphere 0.973-0.976, median depth
+  error 2.3-2.8 cm, 17-18 s per fit.
+- SDF min: PSNR 30.9-34.1 dB, IoU box 0.896-0.952 / sphere 0.921-0.965, depth error
+  2.1-2.8 cm, mean eikonal residual 0.047-0.052, beta 0.1 -> 0.007-0.015 m, 22-25 s per fit.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import trimesh
+from omegaconf import OmegaConf
 
 from layerforge.models.fields import (
     ComposedDensityField,
@@ -37,10 +40,16 @@ from layerforge.models.fields import (
     SDFField,
     SDFFieldConfig,
     render_field,
-    render_rays,
 )
+from layerforge.models.fields.losses import EikonalLoss, ObjectMaskLoss, RGBLoss, eikonal_residuals
 from layerforge.models.fields.mlp_fields import VOLSDF_BETA_INIT
-from layerforge.renderers.cameras import Camera, generate_rays, orbit_cameras
+from layerforge.models.optimisation import ParamGroup
+from layerforge.models.view_sampling import RayBatches
+from layerforge.pipelines.engine import Engine, Pipeline, Stage
+from layerforge.pipelines.optimise import OptimiseConfig, optimise
+from layerforge.pipelines.rundir import RunDir
+from layerforge.renderers.camera_set import CameraSet
+from layerforge.renderers.cameras import Camera, orbit_cameras
 from layerforge.renderers.mesh import rasterize, render_mesh
 
 # Scene and views
@@ -133,15 +142,6 @@ def _make_field(kind: str) -> ComposedDensityField | ComposedSDFField:
     return ComposedSDFField([SDFField(SCENE_BOX, cfg) for _ in range(2)], beta_init=VOLSDF_BETA_INIT)
 
 
-def _eikonal_residuals(field: ComposedSDFField, points: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """|grad d_k| - 1 [P, K] for every object SDF at points [P, 3] (eikonal term, IGR)."""
-    p = points.detach().requires_grad_(True)
-    sdf = torch.cat([obj.sdf_and_feature(p)[0] for obj in field.objects], dim=-1)  # [P, K]
-    k_all = range(sdf.shape[1])
-    grads = [torch.autograd.grad(sdf[:, k].sum(), p, create_graph=create_graph, retain_graph=True)[0] for k in k_all]
-    return torch.stack(grads, 1).norm(dim=-1) - 1.0
-
-
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10.0 * torch.log10(F.mse_loss(a, b)))
 
@@ -151,8 +151,12 @@ def _iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return float((p & g).sum()) / max(float((p | g).sum()), 1.0)
 
 
-def fit_two_object_scene(seed: int = 0, kind: str = "density") -> dict[str, float]:
+def fit_two_object_scene(seed: int = 0, kind: str = "density", run_dir: Path | None = None) -> dict[str, float]:
     """Fit and evaluate a density-sum (``kind="density"``) or SDF-min (``"sdf"``) composition.
+
+    The fit is one stage run by the engine through :func:`~layerforge.pipelines.optimise.optimise`
+    (the substrate every lifting pipeline uses): a CameraSet of the training views, RayBatches,
+    and RGB + object-mask (+ eikonal) loss terms, checkpointed in ``run_dir``.
 
     Returns held-out psnr (dB), iou_box, iou_sphere, depth_mae_m (median absolute camera-z
     error against the rasterizer, metres), fit_s / total_s / cpu_s (seconds), and for SDF
@@ -164,26 +168,25 @@ def fit_two_object_scene(seed: int = 0, kind: str = "density") -> dict[str, floa
     train, test = _views()
     rgb_tr, mask_tr, _ = _ground_truth(train, v, f, col, n_box)
     rgb_te, mask_te, depth_te = _ground_truth(test, v, f, col, n_box)
-    o, d = generate_rays(train)
-    o, d, rgb_tr, mask_tr = o.reshape(-1, 3), d.reshape(-1, 3), rgb_tr.reshape(-1, 3), mask_tr.reshape(-1, 2)
+    ids = (mask_tr[..., 0] + 2 * mask_tr[..., 1]).long()  # instance ids: 0 empty, 1 box, 2 sphere
+    views = CameraSet(train, rgb_tr, ids)
 
     field = _make_field(kind)
-    lo, hi = torch.tensor(SCENE_BOX[0]), torch.tensor(SCENE_BOX[1])
-    opt = torch.optim.Adam(field.parameters(), lr=LR, betas=(0.9, 0.99), eps=1e-15)
-    gen = torch.Generator().manual_seed(seed)
+    terms = [RGBLoss(TRAIN_SAMPLER), ObjectMaskLoss(TRAIN_SAMPLER, weight=MASK_WEIGHT)]
+    if kind == "sdf":
+        terms.append(EikonalLoss(EIKONAL_POINTS, weight=EIKONAL_WEIGHT))
+
+    def fit(ctx):
+        groups = [ParamGroup("field", list(field.parameters()), LR, betas=(0.9, 0.99), eps=1e-15)]
+        optimise(ctx, field, groups, terms, RayBatches(views, RAYS_PER_STEP, objects=2),
+                 OptimiseConfig(steps=STEPS, checkpoint_every=STEPS))
+
+    run_dir = run_dir or Path(tempfile.mkdtemp()) / "run"
+    cfg = OmegaConf.create({"seed": seed, "device": "cpu", "quiet": True})
     t_fit = time.perf_counter()
-    for _ in range(STEPS):
-        idx = torch.randint(0, o.shape[0], (RAYS_PER_STEP,), generator=gen)
-        r = render_rays(field, o[idx], d[idx], TRAIN_SAMPLER, generator=gen)
-        obj = r["object_alpha"].clamp(1e-5, 1.0 - 1e-5)
-        loss = F.mse_loss(r["rgb"], rgb_tr[idx]) + MASK_WEIGHT * F.binary_cross_entropy(obj, mask_tr[idx])
-        if kind == "sdf":
-            pts = lo + (hi - lo) * torch.rand(EIKONAL_POINTS, 3, generator=gen)
-            loss = loss + EIKONAL_WEIGHT * _eikonal_residuals(field, pts, create_graph=True).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    Engine(Pipeline("fields", (Stage("fit", fit),)), cfg, RunDir.open(run_dir, "fields"), None).run()
     fit_s = time.perf_counter() - t_fit
+    field.eval()
     with torch.no_grad():
         out = render_field(field, test, EVAL_SAMPLER)
     oa = out.extras["object_alpha"]
@@ -191,10 +194,11 @@ def fit_two_object_scene(seed: int = 0, kind: str = "density") -> dict[str, floa
     both = (mask_te.sum(-1) > 0.5) & (out.alpha[..., 0] > 0.95)
     extra = {}
     if kind == "sdf":
-        pts = lo + (hi - lo) * torch.rand(4096, 3, generator=gen)
+        lo, hi = torch.tensor(SCENE_BOX[0]), torch.tensor(SCENE_BOX[1])
+        pts = lo + (hi - lo) * torch.rand(4096, 3, generator=torch.Generator().manual_seed(seed))
         extra = {
             "beta": float(field.laplace.beta.detach()),
-            "eikonal": float(_eikonal_residuals(field, pts, create_graph=False).abs().mean()),
+            "eikonal": float(eikonal_residuals(field, pts, create_graph=False).abs().mean()),
         }
     return {
         **extra,
@@ -209,11 +213,11 @@ def fit_two_object_scene(seed: int = 0, kind: str = "density") -> dict[str, floa
 
 
 @pytest.mark.parametrize("kind", ["density", "sdf"])
-def test_composed_field_fits_a_rasterized_two_object_scene(kind):
+def test_composed_field_fits_a_rasterized_two_object_scene(kind, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(FIT_THREADS)
     try:
-        m = fit_two_object_scene(kind=kind)
+        m = fit_two_object_scene(kind=kind, run_dir=tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     msg = ", ".join(f"{k}={v:.3f}" for k, v in m.items())

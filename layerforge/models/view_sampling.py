@@ -1,6 +1,7 @@
 """Camera samplers for :func:`layerforge.pipelines.optimise.optimise`: which views a step sees.
 
 - :class:`DatasetViews`: a random subset of the posed input views (reconstruction terms).
+- :class:`RayBatches`: random pixels of the posed views as rays (NeRF-style field fitting).
 - :class:`OrbitViews`: random orbit cameras round the object (SDS terms), with elevation,
   azimuth, distance and field-of-view ranges that may be schedules (DP-Recon widens its
   elevation range 5-30 deg -> 5-80 deg at 60k steps) and a defined front: azimuths are drawn
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from layerforge.models.schedules import ScheduleValue, schedule_value
 from layerforge.renderers.camera_set import CameraSet
-from layerforge.renderers.cameras import Camera, sample_orbit_cameras
+from layerforge.renderers.cameras import Camera, generate_rays, sample_orbit_cameras
 
 # Blender's Front view looks along +Y, so an object's front faces -Y: the camera that sees the
 # front sits on the -Y side, at azimuth -90 deg in orbit_cameras' convention (0 = +X side).
@@ -115,3 +116,41 @@ class OrbitViews:
         )
         relative = torch.remainder(s.azimuth_deg - self.front + 180.0, 360.0) - 180.0
         return OrbitBatch(s.cameras, s.elevation_deg, relative, s.distance, s.fov_y_deg)
+
+
+class RayBatches:
+    """``rays_per_step`` random pixels of the posed views a step, as unit world rays.
+
+    Each batch: ``origins`` / ``directions`` [R, 3], ``rgb`` [R, 3] linear, ``object_masks``
+    [R, K] float (pixel's instance id == k + 1, from ``views.masks``; K = ``objects``), and
+    ``seed``: an integer drawn from the step's generator for the terms' own randomness.
+    Pixels masked -1 (ignore) are never drawn.
+
+    Args:
+        views: the posed views (``masks`` needed when ``objects`` > 0).
+        rays_per_step: rays per step.
+        objects: number of objects K (instance ids 1..K).
+        device: where the batch goes.
+    """
+
+    def __init__(self, views: CameraSet, rays_per_step: int, objects: int = 0, device: torch.device | str = "cpu") -> None:
+        origins, directions = generate_rays(views.cameras)
+        self.origins, self.directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        self.rgb = views.images.reshape(-1, 3)
+        ids = views.masks.reshape(-1) if views.masks is not None else torch.zeros(len(self.rgb), dtype=torch.long)
+        self.object_masks = torch.stack([(ids == k + 1) for k in range(objects)], -1).float() if objects else None
+        self.valid = torch.nonzero(ids >= 0).reshape(-1)
+        self.rays_per_step = rays_per_step
+        self.device = torch.device(device)
+
+    def sample(self, step: int, generator: torch.Generator) -> dict[str, Tensor | int]:
+        pick = self.valid[torch.randint(0, len(self.valid), (self.rays_per_step,), generator=generator)]
+        batch: dict[str, Tensor | int] = {
+            "origins": self.origins[pick].to(self.device),
+            "directions": self.directions[pick].to(self.device),
+            "rgb": self.rgb[pick].to(self.device),
+            "seed": int(torch.randint(0, 2**31 - 1, (1,), generator=generator)),
+        }
+        if self.object_masks is not None:
+            batch["object_masks"] = self.object_masks[pick].to(self.device)
+        return batch
