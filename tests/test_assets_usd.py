@@ -164,3 +164,25 @@ def test_names_that_clash_once_made_prim_safe_stay_separate(tmp_path):
     assert [p.name for p in back.parts] == ["part 1", "part-1", "Looks"]
     np.testing.assert_allclose(back.part("part 1").geometry.material.base_color, [1, 0, 0, 1])
     np.testing.assert_allclose(back.part("part-1").geometry.material.base_color, [0, 0, 1, 1])
+
+
+def test_visibility_variant_set_per_part(tmp_path):
+    from pxr import Usd, UsdGeom
+
+    from assets_fixtures import box
+
+    from layerforge.assets.types import Part
+    from layerforge.assets.usd import VISIBILITY_VARIANTS
+
+    asset = LayeredAsset("scene", [Part("table", box(), metadata={VISIBILITY_VARIANTS: True}),
+                                   Part("floor", box(center=(0, 0, -1.0)))])
+    path = write_usd(tmp_path / "scene.usda", asset)["usd"]
+    stage = Usd.Stage.Open(str(path))
+    table = next(p for p in stage.Traverse() if p.GetName() == "table" and p.IsA(UsdGeom.Xform))
+    vset = table.GetVariantSets().GetVariantSet("visibility")
+    assert vset.GetVariantNames() == ["hidden", "shown"] and vset.GetVariantSelection() == "shown"
+    mesh = next(c for c in Usd.PrimRange(table) if c.IsA(UsdGeom.Mesh))
+    assert UsdGeom.Imageable(mesh).ComputeVisibility() == UsdGeom.Tokens.inherited
+    vset.SetVariantSelection("hidden")
+    assert UsdGeom.Imageable(mesh).ComputeVisibility() == UsdGeom.Tokens.invisible
+    assert [p.name for p in read_usd(path).parts] == ["table", "floor"]  # our reader sees both (default: shown)

@@ -147,6 +147,8 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
     # USD matrices act on row vectors: store the transpose of our column-vector matrix
     xf.AddTransformOp().Set(Gf.Matrix4d(part.transform.astype(np.float64).T.tolist()))
     prim = xf.GetPrim()
+    if part.metadata.get(VISIBILITY_VARIANTS):
+        _visibility_variants(prim)
     prim.SetCustomDataByKey("layerforge:name", part.name)
     prim.SetCustomDataByKey("layerforge:layer", str(part.layer))
     if part.metadata:
@@ -187,6 +189,23 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
         if id(mesh.material) not in materials:
             materials[id(mesh.material)] = _define_material(stage, root, mesh.material, tex_dir, names.materials[id(mesh.material)])
         UsdShade.MaterialBindingAPI.Apply(um.GetPrim()).Bind(materials[id(mesh.material)])
+
+
+VISIBILITY_VARIANTS = "usd_visibility_variants"
+"""Part metadata flag: give the part's prim a ``visibility`` variant set (``shown`` | ``hidden``),
+so a USD user toggles each object of a decomposed scene without editing the file."""
+
+
+def _visibility_variants(prim: Any) -> None:
+    from pxr import UsdGeom
+
+    vset = prim.GetVariantSets().AddVariantSet("visibility")
+    for name, token in (("shown", UsdGeom.Tokens.inherited), ("hidden", UsdGeom.Tokens.invisible)):
+        vset.AddVariant(name)
+        vset.SetVariantSelection(name)
+        with vset.GetVariantEditContext():
+            UsdGeom.Imageable(prim).CreateVisibilityAttr().Set(token)
+    vset.SetVariantSelection("shown")
 
 
 def _joint_paths(skin: Skin) -> list[str]:
