@@ -1,0 +1,95 @@
+"""Preparing posed views of a scene for per-object optimisation (UDC-NeRF, DP-Recon).
+
+- :func:`normalising_frame`: the similarity from the optimisation frame (scene inside the unit
+  sphere) to the user's world, from the camera centres and, when depth is known, the observed
+  surface points.
+- :func:`object_bounds`: each object's box in the optimisation frame, from its masked pixels'
+  depths (a padded box round the back-projected points), or the whole scene box without depth.
+- :func:`object_masks`: per-view masks eroded and dilated as UDC-NeRF does before inpainting
+  (its README: eroded with a 3x3 kernel, dilated with a 23x23 kernel).
+- :func:`pseudo_backgrounds`: every view with its objects inpainted away (UDC-NeRF's
+  "inpainted background images", the target of the background component inside object masks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from layerforge.assets.frame import SceneFrame
+from layerforge.renderers.camera_set import CameraSet
+from layerforge.renderers.cameras import generate_rays
+
+ERODE_PX = 3  # UDC-NeRF: masks eroded with a 3x3 kernel ...
+DILATE_PX = 23  # ... and dilated with a 23x23 kernel before inpainting
+BOUNDS_PAD = 0.1  # object boxes grow by this fraction of their size on every side (ours)
+SCENE_RADIUS = 1.0  # the scene fits this sphere in the optimisation frame
+
+
+def surface_points(views: CameraSet, ids: int | None = None) -> Tensor:
+    """[P, 3] world points of the views' depth maps (all pixels with depth, or those of instance ``ids``)."""
+    if views.depths is None:
+        return torch.zeros(0, 3)
+    origins, directions = generate_rays(views.cameras, normalize=False)  # direction z = 1: depth scales it
+    depth = views.depths[..., 0]
+    keep = depth > 0
+    if ids is not None and views.masks is not None:
+        keep &= views.masks == ids
+    return (origins + depth[..., None] * directions)[keep]
+
+
+def normalising_frame(views: CameraSet, radius: float = SCENE_RADIUS) -> SceneFrame:
+    """The frame in which the cameras and the observed surface fit a sphere of ``radius``.
+
+    Centre: the middle of the surface points' box (the camera centres' box without depth);
+    scale: the farthest camera or surface point from it.
+    """
+    centres = torch.linalg.inv(views.cameras.world_to_camera.double())[:, :3, 3]
+    pts = surface_points(views).double()
+    core = pts if len(pts) else centres
+    centre = (core.min(0).values + core.max(0).values) / 2
+    reach = float(torch.cat([centres, pts]).sub(centre).norm(dim=-1).max())
+    to_world = np.eye(4)
+    to_world[:3, :3] *= reach / radius
+    to_world[:3, 3] = centre.numpy()
+    return SceneFrame(to_world)
+
+
+def object_bounds(views: CameraSet, objects: list[int], frame: SceneFrame, pad: float = BOUNDS_PAD,
+                  radius: float = SCENE_RADIUS) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per object id, its (lo [3], hi [3]) box in the optimisation frame; the scene cube without depth."""
+    out = {}
+    to_local = frame.inverse()
+    for k in objects:
+        pts = surface_points(views, k)
+        if len(pts) == 0:
+            out[k] = (np.full(3, -radius), np.full(3, radius))
+            continue
+        local = to_local.apply(pts.double().numpy())
+        lo, hi = local.min(0), local.max(0)
+        grow = pad * (hi - lo).max()
+        out[k] = (np.maximum(lo - grow, -radius), np.minimum(hi + grow, radius))
+    return out
+
+
+def _morph(masks: np.ndarray, size: int, op: str) -> np.ndarray:
+    import cv2
+
+    kernel = np.ones((size, size), np.uint8)
+    fn = cv2.erode if op == "erode" else cv2.dilate
+    return np.stack([fn(m.astype(np.uint8), kernel).astype(bool) for m in masks])
+
+
+def object_masks(ids: Tensor, erode: int = ERODE_PX, dilate: int = DILATE_PX) -> tuple[Tensor, Tensor]:
+    """(eroded, dilated) [N, H, W] bool masks of "any object" from instance ids [N, H, W] (k >= 1)."""
+    fg = (ids >= 1).cpu().numpy()
+    return torch.from_numpy(_morph(fg, erode, "erode")), torch.from_numpy(_morph(fg, dilate, "dilate"))
+
+
+def pseudo_backgrounds(views: CameraSet, inpainter, dilate: int = DILATE_PX) -> Tensor:
+    """[N, H, W, 3] linear images with every object region (dilated ``dilate`` px) inpainted."""
+    if views.masks is None:
+        return views.images.clone()
+    _, holes = object_masks(views.masks, dilate=dilate)
+    return torch.stack([inpainter(img, hole) for img, hole in zip(views.images, holes)])
