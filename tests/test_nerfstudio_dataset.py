@@ -108,3 +108,154 @@ def test_missing_and_malformed_files(tmp_path):
     (tmp_path / "transforms.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         read_nerfstudio(tmp_path)
+
+
+# --- read_posed_views: images, instance masks, depth, split ---------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from layerforge.assets.nerfstudio_dataset import PosedViews, read_posed_views  # noqa: E402
+from layerforge.assets.types import srgb_to_linear  # noqa: E402
+from layerforge.renderers.cameras import Camera  # noqa: E402
+
+W, H = 16, 12
+EYES = [[2.0, -1.0, 0.8], [-1.5, 2.0, 1.2], [1.0, 2.5, 0.5], [-2.0, -1.5, 1.0], [0.3, -2.2, 1.6]]
+
+
+def _views_folder(root: Path, n: int = 5, mask_dtype=np.uint16, depth: bool = True, split: list[str] | None = None,
+                  instances: dict | None = None, ids: tuple[int, ...] = (1, 2)) -> dict:
+    """A tiny nerfstudio folder: n 16x12 views, sRGB PNGs, instance-id PNGs, mm depth PNGs."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks", "depth"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    frames, truth = [], {"codes": [], "masks": [], "depth_mm": []}
+    for i in range(n):
+        codes = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+        mask = np.zeros((H, W), dtype=mask_dtype)
+        mask[2:6, 3:9] = ids[0]
+        mask[7:11, 8:15] = ids[1]
+        depth_mm = rng.integers(300, 9000, (H, W)).astype(np.uint16)
+        Image.fromarray(codes).save(root / f"images/f{i}.png")
+        Image.fromarray(mask).save(root / f"masks/f{i}.png")
+        fr = {"file_path": f"images/f{i}.png", "mask_path": f"masks/f{i}.png",
+              "transform_matrix": _c2w_gl(EYES[i % len(EYES)], [0.0, 0.0, 0.1 * i])}
+        if depth:
+            Image.fromarray(depth_mm).save(root / f"depth/f{i}.png")
+            fr["depth_file_path"] = f"depth/f{i}.png"
+        if split is not None:
+            fr["split"] = split[i]
+        frames.append(fr)
+        truth["codes"].append(codes), truth["masks"].append(mask), truth["depth_mm"].append(depth_mm)
+    meta = {"fl_x": 14.0, "fl_y": 15.0, "cx": 8.0, "cy": 6.5, "w": W, "h": H, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    if instances is not None:
+        (root / "instances.json").write_text(json.dumps(instances))
+    return {"meta": meta, **truth}
+
+
+def _rewrite(root: Path, meta: dict) -> None:
+    (root / "transforms.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("mask_dtype", [np.uint8, np.uint16])
+def test_posed_views_cameras_images_ids_depths_exact(tmp_path, mask_dtype):
+    t = _views_folder(tmp_path, mask_dtype=mask_dtype, split=["train", "test", "train", "train", "train"],
+                      instances={"1": "mug", "2": "lamp"})
+    pv = read_posed_views(tmp_path)
+    assert isinstance(pv, PosedViews) and pv.path == tmp_path / "transforms.json"
+    assert pv.train.names == ["f0", "f2", "f3", "f4"] and pv.test.names == ["f1"]
+    assert pv.instances == {1: "mug", 2: "lamp"}
+    for views, idx in ((pv.train, [0, 2, 3, 4]), (pv.test, [1])):
+        c2w = torch.tensor([t["meta"]["frames"][i]["transform_matrix"] for i in idx], dtype=torch.float64)
+        k = torch.tensor([[14.0, 0, 8.0], [0, 15.0, 6.5], [0, 0, 1]], dtype=torch.float64).expand(len(idx), 3, 3)
+        want = Camera.from_nerfstudio(c2w, k, W, H)
+        assert torch.allclose(views.cameras.world_to_camera.double(), want.world_to_camera, atol=1e-6)
+        assert torch.allclose(views.cameras.to_nerfstudio().double(), c2w[:, :3], atol=1e-6)
+        assert torch.equal(views.cameras.K.double(), want.K)
+        assert views.images.dtype == torch.float32 and views.images.shape == (len(idx), H, W, 3)
+        lin = np.stack([srgb_to_linear(t["codes"][i] / 255.0) for i in idx])
+        assert np.allclose(views.images.numpy(), lin, atol=1e-6)  # linear, not the sRGB codes
+        assert views.masks.dtype == torch.int64
+        assert np.array_equal(views.masks.numpy(), np.stack([t["masks"][i] for i in idx]).astype(np.int64))
+        d = np.stack([t["depth_mm"][i] for i in idx]).astype(np.float32)[..., None] * np.float32(1e-3)
+        assert views.depths.dtype == torch.float32 and np.allclose(views.depths.numpy(), d, rtol=1e-6)
+
+
+def test_posed_views_default_split_matches_nerfstudio_and_names_default(tmp_path):
+    from nerfstudio.data.utils.dataparsers_utils import get_train_eval_split_fraction
+
+    _views_folder(tmp_path, n=12, depth=False)
+    pv = read_posed_views(tmp_path)
+    i_train, i_eval = get_train_eval_split_fraction([f"f{i}" for i in range(12)], 0.9)  # sorted names
+    files = sorted(f"images/f{i}.png" for i in range(12))
+    assert sorted(pv.train.names) == sorted(Path(files[i]).stem for i in i_train)
+    assert sorted(pv.test.names) == sorted(Path(files[i]).stem for i in i_eval)
+    assert len(pv.train) == 11 and len(pv.test) == 1
+    assert pv.instances == {1: "object_1", 2: "object_2"} and pv.train.depths is None
+
+
+def test_posed_views_depth_scale_and_ignore_value(tmp_path):
+    t = _views_folder(tmp_path, n=3, ids=(1, 65535))
+    t["meta"]["depth_unit_scale_factor"] = 1e-4
+    t["meta"]["mask_ignore_value"] = 65535
+    _rewrite(tmp_path, t["meta"])
+    pv = read_posed_views(tmp_path)
+    assert np.allclose(pv.train.depths[0, ..., 0].numpy(), t["depth_mm"][0] * 1e-4, rtol=1e-6)
+    assert set(torch.unique(pv.train.masks).tolist()) == {-1, 0, 1} and pv.instances == {1: "object_1"}
+
+
+def _one_line_error(tmp_path: Path, **kw) -> str:
+    with pytest.raises(InputError) as err:
+        read_posed_views(tmp_path, **kw)
+    msg = str(err.value)
+    assert "\n" not in msg and ";" in msg, msg
+    return msg
+
+
+def test_bad_mask_size_names_both_files_and_sizes(tmp_path):
+    _views_folder(tmp_path, n=4)
+    Image.fromarray(np.zeros((6, 8), np.uint16)).save(tmp_path / "masks/f2.png")
+    msg = _one_line_error(tmp_path)
+    assert "masks/f2.png is 8x6" in msg and "images/f2.png is 16x12" in msg
+
+
+def test_bad_unnamed_ids_are_listed(tmp_path):
+    _views_folder(tmp_path, n=4, ids=(3, 7), instances={"3": "mug"})
+    msg = _one_line_error(tmp_path)
+    assert "ids [7]" in msg and "instances.json" in msg
+
+
+def test_bad_frame_without_mask_is_named(tmp_path):
+    t = _views_folder(tmp_path, n=4)
+    del t["meta"]["frames"][2]["mask_path"]
+    _rewrite(tmp_path, t["meta"])
+    msg = _one_line_error(tmp_path)
+    assert "frame 2 (f2.png) has no mask_path" in msg
+    pv = read_posed_views(tmp_path, require_masks=False)
+    assert pv.train.masks is None
+
+
+def test_bad_too_few_train_views(tmp_path):
+    _views_folder(tmp_path, n=4, split=["train", "test", "train", "test"])
+    msg = _one_line_error(tmp_path)
+    assert "2 train views" in msg and "at least 3" in msg
+    assert len(read_posed_views(tmp_path, min_train=2).train) == 2
+
+
+def test_bad_unreadable_image_and_mixed_sizes(tmp_path):
+    t = _views_folder(tmp_path, n=4)
+    (tmp_path / "images/f1.png").write_bytes(b"not a png")
+    msg = _one_line_error(tmp_path)
+    assert "images/f1.png" in msg and "cannot decode" in msg
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "images/f1.png")
+    t["meta"]["frames"][1].update(w=8, h=6)
+    _rewrite(tmp_path, t["meta"])
+    assert "different image sizes" in _one_line_error(tmp_path)
+    del t["meta"]["frames"][1]["w"], t["meta"]["frames"][1]["h"]
+    t["meta"]["w"] = 20
+    _rewrite(tmp_path, t["meta"])
+    assert "is 16x12, transforms.json says 20x12" in _one_line_error(tmp_path)

@@ -21,6 +21,29 @@ What we do with it:
 
 Any missing or malformed file/field raises :class:`~layerforge.errors.InputError` with a
 one-line message.
+
+Posed views with instance masks (:func:`read_posed_views`, the ``decomp_nerf`` input)
+-------------------------------------------------------------------------------------
+The same ``transforms.json`` plus, per frame:
+
+- ``mask_path``: an instance-id PNG, one channel, uint8 or uint16: 0 background, 1..K
+  objects. Our extension: a top-level ``"mask_ignore_value"`` (e.g. 65535, written by
+  ``layerforge convert object_nerf`` for the 20-px undistortion border) marks pixels that
+  are read as -1 (ignore). Note nerfstudio itself reads ``mask_path`` as a 0/1 loss mask
+  (non-zero = keep), so nerfstudio trained on such a folder drops the background pixels.
+- ``depth_file_path`` (optional): camera-z depth, a 16/32-bit PNG (or ``.npy``) times
+  ``depth_unit_scale_factor`` gives metres. nerfstudio's default is 1e-3 (mm PNGs;
+  ``NerfstudioDataParserConfig.depth_unit_scale_factor``) and its depth losses treat the
+  image as camera z (``depth_nerfacto.py`` multiplies it by ``directions_norm``); we read the
+  factor from a top-level ``"depth_unit_scale_factor"`` when present, else 1e-3.
+- ``"split"`` (optional): ``"train"`` or ``"test"`` (``"val"`` counts as test).
+- an optional ``instances.json`` next to ``transforms.json``: ``{"1": "chair", ...}``.
+
+Split rule, in order: per-frame ``"split"`` when any frame has one (then every frame must);
+else nerfstudio's own top-level ``train_filenames`` list (the other frames are test); else nerfstudio's default ``eval_mode="fraction"``: frames sorted by file path,
+``ceil(0.9 N)`` train frames at ``np.linspace(0, N - 1, n_train, dtype=int)``, the rest test
+(``nerfstudio/data/utils/dataparsers_utils.py::get_train_eval_split_fraction``). Views keep
+their file order inside each split.
 """
 
 from __future__ import annotations
@@ -32,12 +55,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from layerforge.errors import InputError
+from layerforge.renderers.camera_set import CameraSet
 from layerforge.renderers.cameras import Camera
 
-__all__ = ["NerfstudioFrame", "NerfstudioDataset", "read_nerfstudio"]
+__all__ = ["NerfstudioFrame", "NerfstudioDataset", "PosedViews", "read_nerfstudio", "read_posed_views",
+           "TRAIN_SPLIT_FRACTION"]
+
+# nerfstudio's NerfstudioDataParserConfig.train_split_fraction (eval_mode="fraction", its default)
+TRAIN_SPLIT_FRACTION = 0.9
 
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 _PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
@@ -187,3 +216,208 @@ def read_nerfstudio(
         )
     scale = float(meta.get("depth_unit_scale_factor", 1e-3))
     return NerfstudioDataset(path=p, frames=frames, depth_unit_scale_factor=scale)
+
+
+# --- posed views with instance masks ------------------------------------------------------
+
+
+@dataclass
+class PosedViews:
+    """A decomposition dataset: train and test views, instance names, where it came from.
+
+    Attributes:
+        train, test: :class:`CameraSet` s (images [N, H, W, 3] float32 linear; masks [N, H, W]
+            int64 ids, 0 background, k >= 1 object k, -1 ignore; depths [N, H, W, 1] float32
+            camera z in metres, 0 unknown). ``test`` may hold 0 views.
+        instances: object id (>= 1) -> name, from ``instances.json`` or ``object_<k>``.
+        path: the ``transforms.json`` read.
+    """
+
+    train: CameraSet
+    test: CameraSet
+    instances: dict[int, str]
+    path: Path
+
+
+def _read_image(path: Path, where: str) -> np.ndarray:
+    """sRGB PNG/JPEG -> [H, W, 3] float32 linear (an alpha channel is dropped)."""
+    from layerforge.assets.types import texture_from_image
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{where}: cannot read image {path} ({err.strerror})", "fix the file or its path") from None
+    img = texture_from_image(data, srgb=True, source=f"{where}: image {path}")
+    return np.ascontiguousarray(img[..., :3])
+
+
+def _read_plane(path: Path, what: str, where: str) -> np.ndarray:
+    """A one-channel PNG (or ``.npy``) -> its [H, W] values as stored (no scaling)."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{where}: cannot read {what} {path} ({err})", "re-save it as a 2-D .npy") from None
+        arr = arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "F", "1"):
+                    raise InputError(f"{where}: {what} {path} has {len(im.getbands())} channels ({im.mode})",
+                                     f"save the {what} as a one-channel 8/16-bit PNG")
+                arr = np.asarray(im)
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"{where}: cannot read {what} {path} ({err})", "re-save it as a PNG") from None
+    if arr.ndim != 2:
+        raise InputError(f"{where}: {what} {path} has shape {arr.shape}", f"save the {what} as one channel")
+    return arr
+
+
+def _split_of(meta: dict[str, Any], frames: list[dict[str, Any]], files: list[Path], root: Path,
+              where: str) -> tuple[np.ndarray, str]:
+    """Boolean train flag per frame and the rule used (see the module docstring)."""
+    n = len(frames)
+    marked = ["split" in fr for fr in frames]
+    if any(marked):
+        flags = np.zeros(n, dtype=bool)
+        for i, fr in enumerate(frames):
+            value = fr.get("split")
+            if value not in ("train", "test", "val"):
+                raise InputError(f"{where} frame {i} ({files[i].name}): split is {value!r}",
+                                 'give every frame "split": "train" or "test" (or none)')
+            flags[i] = value == "train"
+        return flags, "per-frame split"
+    if "train_filenames" in meta:
+        train = {(root / f).resolve() for f in meta["train_filenames"]}
+        return np.array([f.resolve() in train for f in files], dtype=bool), "train_filenames"
+    order = sorted(range(n), key=lambda i: str(files[i]))
+    n_train = math.ceil(n * TRAIN_SPLIT_FRACTION)
+    flags = np.zeros(n, dtype=bool)
+    for k in np.linspace(0, n - 1, n_train, dtype=int):
+        flags[order[int(k)]] = True
+    return flags, f"nerfstudio fraction {TRAIN_SPLIT_FRACTION}"
+
+
+def _read_instances(path: Path) -> dict[int, str] | None:
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        names = {int(k): str(v) for k, v in raw.items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+        raise InputError(f"{path} is not a JSON object of id -> name ({err})",
+                         'write it as {"1": "chair", "2": "table"}') from None
+    return {k: v for k, v in names.items() if k >= 1}
+
+
+def read_posed_views(
+    folder_or_json: str | Path,
+    *,
+    require_masks: bool = True,
+    min_train: int = 3,
+    near: float = 0.01,
+    far: float = 1000.0,
+) -> PosedViews:
+    """Read a nerfstudio folder with instance masks into train/test :class:`CameraSet` s.
+
+    Cameras come from :func:`read_nerfstudio` (OpenGL ``transform_matrix`` -> our OpenCV
+    Camera, poses as written). Format, split rule and units: see the module docstring.
+
+    Args:
+        folder_or_json: the ``transforms.json`` or its folder (``instances.json`` is looked
+            for next to it).
+        require_masks: every frame must have a ``mask_path``; when False and some frame has
+            none, the views carry no masks.
+        min_train: fewest train views accepted.
+        near, far: clip range of the cameras (metres).
+
+    Returns:
+        :class:`PosedViews`: images [N, H, W, 3] float32 linear in [0, 1]; masks [N, H, W]
+        int64; depths [N, H, W, 1] float32 camera z in metres (0 where unknown or for frames
+        without a depth file; None when no frame has one).
+
+    Raises:
+        InputError: one line each for: a missing or unreadable image, mask or depth file;
+            frames of different image sizes; an image whose size differs from ``w``/``h``; a
+            mask or depth whose size differs from its image; a frame without ``mask_path``
+            (``require_masks``); mask ids that ``instances.json`` does not name; fewer than
+            ``min_train`` train views.
+    """
+    ds = read_nerfstudio(folder_or_json, near=near, far=far)
+    p = ds.path
+    meta = json.loads(p.read_text())
+    frames_meta: list[dict[str, Any]] = meta["frames"]
+    frames = ds.frames
+    if require_masks:
+        for i, f in enumerate(frames):
+            if f.mask_path is None:
+                raise InputError(f"{p} frame {i} ({f.image_path.name}) has no mask_path",
+                                 "give every frame an instance-id mask_path (0 background, 1..K objects)")
+    sizes = {(f.camera.width, f.camera.height) for f in frames}
+    if len(sizes) != 1:
+        raise InputError(f"{p}: frames have different image sizes {sorted(sizes)}",
+                         "resize all images to one size")
+    w, h = sizes.pop()
+    use_masks = all(f.mask_path is not None for f in frames)
+    use_depth = any(f.depth_path is not None for f in frames)
+    ignore = meta.get("mask_ignore_value")
+    images = np.zeros((len(frames), h, w, 3), np.float32)
+    masks = np.zeros((len(frames), h, w), np.int64) if use_masks else None
+    depths = np.zeros((len(frames), h, w, 1), np.float32) if use_depth else None
+    first_seen: dict[int, Path] = {}
+    for i, f in enumerate(frames):
+        where = f"{p} frame {i}"
+        img = _read_image(f.image_path, where)
+        if img.shape[:2] != (h, w):
+            raise InputError(f"{where}: image {f.image_path} is {img.shape[1]}x{img.shape[0]}, "
+                             f"transforms.json says {w}x{h}", "fix w/h or resize the image")
+        images[i] = img
+        if masks is not None and f.mask_path is not None:
+            m = _read_plane(f.mask_path, "mask", where)
+            if m.shape != (h, w):
+                raise InputError(f"{where}: mask {f.mask_path} is {m.shape[1]}x{m.shape[0]} but image "
+                                 f"{f.image_path} is {w}x{h}", "make masks the size of their images")
+            if m.dtype.kind == "f":
+                raise InputError(f"{where}: mask {f.mask_path} holds floats", "save instance ids as an integer PNG")
+            m = m.astype(np.int64)
+            if ignore is not None:
+                m[m == int(ignore)] = -1
+            for k in np.unique(m).tolist():
+                if k >= 1:
+                    first_seen.setdefault(int(k), f.mask_path)
+            masks[i] = m
+        if depths is not None and f.depth_path is not None:
+            d = _read_plane(f.depth_path, "depth", where)
+            if d.shape != (h, w):
+                raise InputError(f"{where}: depth {f.depth_path} is {d.shape[1]}x{d.shape[0]} but image "
+                                 f"{f.image_path} is {w}x{h}", "make depth maps the size of their images")
+            depths[i, ..., 0] = d.astype(np.float64) * ds.depth_unit_scale_factor
+    inst_path = p.parent / "instances.json"
+    named = _read_instances(inst_path)
+    if named is None:
+        instances = {k: f"object_{k}" for k in sorted(first_seen)}
+    else:
+        unnamed = sorted(set(first_seen) - set(named))
+        if unnamed:
+            raise InputError(f"masks hold ids {unnamed} that {inst_path} does not name (id {unnamed[0]} first in "
+                             f"{first_seen[unnamed[0]]})", "add them to instances.json or fix the masks")
+        instances = dict(sorted(named.items()))
+    files = [f.image_path for f in frames]
+    flags, rule = _split_of(meta, frames_meta, files, p.parent, str(p))
+    n_train = int(flags.sum())
+    if n_train < min_train:
+        raise InputError(f"{p}: {n_train} train views ({rule}), at least {min_train} needed",
+                         "add posed views or mark more frames \"split\": \"train\"")
+    views = CameraSet(
+        ds.cameras(),
+        torch.from_numpy(images),
+        None if masks is None else torch.from_numpy(masks),
+        None if depths is None else torch.from_numpy(depths),
+        [f.image_path.stem for f in frames],
+    )
+    train_idx = np.flatnonzero(flags).tolist()
+    test_idx = np.flatnonzero(~flags).tolist()
+    return PosedViews(train=views[train_idx], test=views[test_idx], instances=instances, path=p)
