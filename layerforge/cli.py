@@ -1,8 +1,9 @@
-"""The ``layerforge`` command: run, list, inspect.
+"""The ``layerforge`` command: run, list, inspect, convert.
 
     layerforge run <pipeline> [key=value ...] [--force STAGE] [--dry-run] [--quiet]
     layerforge list
     layerforge inspect <run-dir>
+    layerforge convert object_nerf <src> <dst> [--split DIR] [--instance-tag TAG] [--preset NAME] ...
 
 Problems the user can fix print one line ``error: <problem>; <fix>`` and exit with code 2.
 A stage that fails for another reason exits with code 1, its traceback in the run's log.txt.
@@ -172,6 +173,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from layerforge.assets.object_nerf import convert_object_nerf
+
+    out = convert_object_nerf(
+        args.src, args.dst, split_dir=args.split, train_list=args.train_list, test_list=args.test_list,
+        instance_tag=args.instance_tag, preset=args.preset, border=args.border, units_to_metres=args.units_to_metres,
+    )
+    print(f"done: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerforge", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="a run's stages, timings and deliverables")
     ins.add_argument("run_dir")
     ins.set_defaults(func=cmd_inspect)
+    conv = sub.add_parser("convert", help="convert a dataset layout into our nerfstudio folder")
+    conv.add_argument("format", choices=["object_nerf"],
+                      help="object_nerf: Object-NeRF / ToyDesk / ScanNet (transforms_full.json), as UDC-NeRF reads it")
+    conv.add_argument("src", help="source folder (holds transforms_full.json)")
+    conv.add_argument("dst", help="new or empty output folder")
+    conv.add_argument("--split", metavar="DIR", help="folder with train.txt/test.txt (frame idx per line)")
+    conv.add_argument("--train-list", default="train.txt", help="train split file name (default train.txt)")
+    conv.add_argument("--test-list", default="test.txt", help="test split file name (default test.txt)")
+    conv.add_argument("--instance-tag", help="mask suffix <frame>.<tag>.png (instance, instance-filt)")
+    conv.add_argument("--preset", choices=["toydesk1", "toydesk2", "scannet"],
+                      help="record this scene's UDC-NeRF near/far/scale in object_nerf.json")
+    conv.add_argument("--border", type=int, default=20, help="edge pixels marked ignore in the masks (default 20)")
+    conv.add_argument("--units-to-metres", type=float, default=1.0, help="metres per source unit (default 1)")
+    conv.set_defaults(func=cmd_convert)
     return parser
 
 

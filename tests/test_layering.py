@@ -9,8 +9,10 @@ import layerforge
 
 ROOT = Path(layerforge.__file__).parent
 LAYERS = ["assets", "renderers", "models", "pipelines"]  # each may import the ones before it
-# Documented exception: the nerfstudio dataset reader converts cameras into our Camera convention.
-EXCEPTIONS = {("assets/nerfstudio_dataset.py", "renderers")}
+# Documented exceptions: the nerfstudio dataset reader converts cameras into our Camera convention
+# (renderers.cameras) and returns posed views as renderers.camera_set.CameraSet; the Object-NeRF
+# converter turns OpenCV camera-to-world into nerfstudio's through renderers.cameras.Camera.
+EXCEPTIONS = {("assets/nerfstudio_dataset.py", "renderers"), ("assets/object_nerf.py", "renderers")}
 
 
 def _imports(path: Path) -> set[str]:
