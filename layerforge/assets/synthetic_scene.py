@@ -93,6 +93,8 @@ class SceneObject:
         to_world: object-to-world 4x4 (rigid, or with scale).
         checker: edge length in metres of the object-space checker texture (alternating
             ``color`` and ``0.35 * color``); 0 for a plain colour.
+        smooth: shade with interpolated normals (geometry, masks and depth are the flat
+            triangles either way).
     """
 
     name: str
@@ -100,6 +102,7 @@ class SceneObject:
     color: tuple[float, float, float]
     to_world: np.ndarray = field(default_factory=lambda: np.eye(4))
     checker: float = 0.1
+    smooth: bool = False
 
     def local_mesh(self) -> tuple[np.ndarray, np.ndarray]:
         """(vertices [V, 3] float64, faces [F, 3] int64) in object coordinates."""
@@ -242,7 +245,7 @@ def toy_scene(objects: int = 3, seed: int = 0) -> SceneSpec:
         placed.append((xy, radius))
         m = _rot_z(rng.uniform(0, 2 * math.pi))
         m[:2, 3] = xy
-        out.append(SceneObject(names[k], mesh, _PALETTE[k % len(_PALETTE)], m))
+        out.append(SceneObject(names[k], mesh, _PALETTE[k % len(_PALETTE)], m, smooth=stem == "sphere"))
     return SceneSpec(out)
 
 
@@ -368,7 +371,9 @@ def _material(bpy: Any, name: str, color: Sequence[float], checker: float) -> An
     return mat
 
 
-def _add_mesh(bpy: Any, name: str, v: np.ndarray, f: np.ndarray, to_world: np.ndarray, mat: Any, index: int, smooth: bool) -> Any:
+def _add_mesh(
+    bpy: Any, name: str, v: np.ndarray, f: np.ndarray, to_world: np.ndarray, mat: Any, index: int, smooth: bool
+) -> Any:
     from mathutils import Matrix
 
     me = bpy.data.meshes.new(name)
@@ -385,7 +390,16 @@ def _add_mesh(bpy: Any, name: str, v: np.ndarray, f: np.ndarray, to_world: np.nd
     return obj
 
 
-def _setup_scene(bpy: Any, spec: SceneSpec, samples: int, seed: int, remove: Sequence[int], moves: Mapping[int, np.ndarray] | None, threads: int) -> tuple[Any, Any]:
+def _setup_scene(
+    bpy: Any,
+    spec: SceneSpec,
+    samples: int,
+    seed: int,
+    remove: Sequence[int],
+    moves: Mapping[int, np.ndarray] | None,
+    threads: int,
+) -> tuple[Any, Any]:
+    """Reset bpy's session and build the scene: Cycles settings, passes, world, sun, meshes, camera."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     sc = bpy.context.scene
     sc.render.engine = "CYCLES"
@@ -449,7 +463,7 @@ def _setup_scene(bpy: Any, spec: SceneSpec, samples: int, seed: int, remove: Seq
         v, f = o.local_mesh()
         m = o.to_world if moves is None or k not in moves else moves[k]
         mat = _material(bpy, f"mat_{o.name}", o.color, o.checker)
-        _add_mesh(bpy, o.name, v, f, np.asarray(m, np.float64), mat, k + 1, "sphere" in o.name)
+        _add_mesh(bpy, o.name, v, f, np.asarray(m, np.float64), mat, k + 1, o.smooth)
 
     cam_data = bpy.data.cameras.new("camera")
     cam = bpy.data.objects.new("camera", cam_data)
@@ -481,7 +495,7 @@ def render_cycles(
         threads: CPU threads; 0 lets Blender use all cores.
 
     Returns:
-        ``rgb`` [N, H, W, 3] linear float32 (world colour where nothing is hit),
+        ``rgb`` [N, H, W, 3] linear float32, not clipped (world colour where nothing is hit),
         ``instance`` [N, H, W] int32 (0 = background or ground, ``k + 1`` = object ``k``),
         ``depth`` [N, H, W] float32 camera z in metres (0 where nothing is hit),
         ``seconds_per_view`` float (wall time of the renders / N).
@@ -524,8 +538,7 @@ def render_cycles(
             layer = next(k.rsplit(".", 2)[0] for k in ch if k.endswith("Combined.R"))
             rgb[i] = np.stack([ch[f"{layer}.Combined.{c}"] for c in "RGB"], -1)
             z = ch[f"{layer}.Depth.Z"]
-            hit = z < 0.5 * float(cameras.far) * 1e3  # Cycles writes 1e10 where a ray escapes
-            hit &= z <= float(cameras.far)
+            hit = z <= float(cameras.far)  # Cycles writes 1e10 where a ray escapes
             depth[i] = np.where(hit, z, 0.0)
             inst[i] = np.rint(ch[f"{layer}.Object Index.X"]).astype(np.int32)
         seconds = (time.perf_counter() - t0) / max(n, 1)
@@ -560,8 +573,8 @@ def write_nerfstudio_scene(
 ) -> Path:
     """Render ``spec`` with Cycles and write it as a nerfstudio-format folder; returns the folder.
 
-    Views: ``orbit_views(n_train + n_test, width, height, seed=seed)`` unless ``cameras`` is
-    given; every ``(n_train + n_test) // n_test``-th view is a test view (``"split": "test"``),
+    Views: ``orbit_views(n_train + n_test, width, height, seed=seed)`` around the objects'
+    centre (farther than 1.9 m when the objects reach beyond ~0.73 m) unless ``cameras`` is given; every ``(n_train + n_test) // n_test``-th view is a test view (``"split": "test"``),
     the others train. Written (all PNGs 8-bit sRGB or integer, each file atomically):
 
     - ``images/frame_XXXXX.png``: sRGB 8-bit RGB.
@@ -587,7 +600,10 @@ def write_nerfstudio_scene(
     if cameras is None:
         if n_train < 1 or n_test < 0:
             raise ValueError(f"need n_train >= 1 and n_test >= 0, got {n_train} / {n_test}")
-        cameras = orbit_views(n_train + n_test, width, height, seed=seed, target=tuple(spec.center()))
+        centre = spec.center()
+        reach = max((np.linalg.norm(o.world_mesh()[0] - centre, axis=1).max() for o in spec.objects), default=0.0)
+        distance = max(1.9, 2.6 * float(reach))  # 1.9 m frames the 3-object toy scene; wider ones back off
+        cameras = orbit_views(n_train + n_test, width, height, seed=seed, target=tuple(centre), distance=distance)
     n = len(cameras)
     every = n // n_test if n_test > 0 else 0
     test = {i for i in range(n) if every and i % every == every - 1 and i // every < n_test}
