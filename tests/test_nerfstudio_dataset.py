@@ -259,3 +259,14 @@ def test_bad_unreadable_image_and_mixed_sizes(tmp_path):
     t["meta"]["w"] = 20
     _rewrite(tmp_path, t["meta"])
     assert "is 16x12, transforms.json says 20x12" in _one_line_error(tmp_path)
+
+
+def test_posed_views_nerfstudio_train_filenames_split(tmp_path):
+    t = _views_folder(tmp_path, n=5, depth=False)
+    t["meta"]["train_filenames"] = ["images/f4.png", "images/f0.png", "images/f2.png"]
+    _rewrite(tmp_path, t["meta"])
+    pv = read_posed_views(tmp_path)
+    assert pv.train.names == ["f0", "f2", "f4"] and pv.test.names == ["f1", "f3"]
+    t["meta"]["frames"][0]["split"] = "train"  # per-frame split, then on every frame
+    _rewrite(tmp_path, t["meta"])
+    assert "frame 1 (f1.png): split is None" in _one_line_error(tmp_path)

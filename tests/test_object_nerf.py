@@ -178,3 +178,24 @@ def test_cli_converts_and_refuses_a_non_empty_destination(tmp_path):
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "not empty" in res.stderr
     res = _cli("convert", "object_nerf", str(tmp_path / "nowhere"), str(tmp_path / "dst2"))
     assert res.returncode == 2 and "transforms_full.json not found" in res.stderr
+
+
+def test_converted_folder_loads_in_nerfstudios_own_dataparser(tmp_path):
+    """nerfstudio reads our output too: same train/test files, same poses up to its auto-orient/scale."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    truth = _toydesk(tmp_path / "src")
+    convert_object_nerf(tmp_path / "src", tmp_path / "dst", split_dir=tmp_path / "src/split", border=2)
+    cfg = NerfstudioDataParserConfig(data=tmp_path / "dst", orientation_method="none", center_method="none",
+                                     auto_scale_poses=False, load_3D_points=False)
+    parser = cfg.setup()
+    for split, idx in (("train", [0, 2, 3, 5]), ("test", [1, 4])):
+        out = parser.get_dataparser_outputs(split=split)
+        assert [p.name for p in out.image_filenames] == [f"{i}.png" for i in idx]
+        c2w = out.cameras.camera_to_worlds.double()
+        scale = out.dataparser_scale  # 1 with auto_scale_poses off
+        for n, i in enumerate(idx):
+            want = truth[i]["c2w"] @ np.diag([1.0, -1.0, -1.0, 1.0])
+            assert np.allclose(c2w[n, :3, :3].numpy(), want[:3, :3], atol=1e-5)
+            assert np.allclose(c2w[n, :3, 3].numpy(), want[:3, 3] * scale, atol=1e-5)
+        assert float(out.cameras.fx[0]) == pytest.approx(0.5 * W / math.tan(0.5 * ANGLE))
