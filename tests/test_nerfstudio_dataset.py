@@ -112,8 +112,6 @@ def test_missing_and_malformed_files(tmp_path):
 
 # --- read_posed_views: images, instance masks, depth, split ---------------------------------
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -210,11 +210,18 @@ def convert_object_nerf(
     rows: list[dict[str, Any]] = []
     skipped_pose = skipped_split = 0
     size: tuple[int, int] | None = None
+    seen_idx: set[int] = set()
     for n, fr in enumerate(meta["frames"]):
         where = f"{js} frame {n}"
         if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str):
             raise InputError(f"{where}: missing 'file_path'", "fix transforms_full.json")
-        idx = int(fr.get("idx", n))
+        try:
+            idx = int(fr.get("idx", n))
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: 'idx' {fr.get('idx')!r} is not an integer", "fix transforms_full.json") from None
+        if idx in seen_idx:
+            raise InputError(f"{where}: idx {idx} appears twice", "give every frame its own idx")
+        seen_idx.add(idx)
         try:
             c2w_cv = torch.tensor(fr["transform_matrix"], dtype=torch.float64)
         except (KeyError, TypeError, ValueError):
