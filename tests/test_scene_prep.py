@@ -55,3 +55,19 @@ def test_pseudo_background_fills_objects_and_keeps_the_rest():
     _, holes = object_masks(views.masks, dilate=5)
     assert torch.equal(bg[~holes], views.images[~holes])
     assert (bg[views.masks == 1] - torch.tensor([0.2, 0.4, 0.6])).abs().max() < 0.02  # red object painted out
+
+
+def test_views_in_frame_project_frame_points_where_the_world_points_project():
+    from layerforge.models.scene_prep import views_in_frame
+    from layerforge.renderers.cameras import project
+
+    views, box = _box_views()
+    frame = normalising_frame(views)
+    local = views_in_frame(views, frame)
+    world = torch.tensor(box.vertices, dtype=torch.float64)
+    x = torch.as_tensor(frame.inverse().apply(box.vertices), dtype=torch.float64)
+    pix_w, z_w = project(views.cameras.to(dtype=torch.float64), world)
+    pix_l, z_l = project(local.cameras.to(dtype=torch.float64), x)
+    torch.testing.assert_close(pix_l, pix_w, atol=1e-3, rtol=0)  # pixels (cameras are float32)
+    torch.testing.assert_close(z_l * frame.scale, z_w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(local.depths * frame.scale, views.depths)

@@ -93,3 +93,23 @@ def pseudo_backgrounds(views: CameraSet, inpainter, dilate: int = DILATE_PX) -> 
         return views.images.clone()
     _, holes = object_masks(views.masks, dilate=dilate)
     return torch.stack([inpainter(img, hole) for img, hole in zip(views.images, holes)])
+
+
+def views_in_frame(views: CameraSet, frame: SceneFrame) -> CameraSet:
+    """The same views seen in the optimisation frame of ``frame`` (a similarity: scale s, translation c).
+
+    A world point X = s x + c projects like x through the rigid camera [R, (R c + T) / s]
+    (uniform scale cancels in the projection); camera-z depths shrink by 1/s.
+    """
+    from dataclasses import replace
+
+    s = frame.scale
+    c = torch.as_tensor(frame.to_world[:3, 3], dtype=views.cameras.world_to_camera.dtype)
+    rot = frame.to_world[:3, :3] / s
+    if not np.allclose(rot, np.eye(3)):
+        raise ValueError("views_in_frame supports frames without rotation (scale and translation only)")
+    w2c = views.cameras.world_to_camera.clone()
+    w2c[:, :3, 3] = (w2c[:, :3, :3] @ c + w2c[:, :3, 3]) / s
+    cams = replace(views.cameras, world_to_camera=w2c, near=views.cameras.near / s, far=views.cameras.far / s)
+    depths = None if views.depths is None else views.depths / s
+    return CameraSet(cams, views.images, views.masks, depths, list(views.names))

@@ -1,7 +1,7 @@
 """Resolving ``input=``: a file or folder, or another run's artifact (``run:<pipeline>/<run>[#artifact]``).
 
-A run reference lets pipelines chain: ``layerforge run bsp input=run:dp_recon/kitchen``
-reads the deliverables of that run (its ``export/`` folder: one convex proxy set per object
+``builtin:<name>`` is a generated input (the toy scene). A run reference lets pipelines
+chain: ``layerforge run bsp input=run:dp_recon/kitchen`` reads the deliverables of that run (its ``export/`` folder: one convex proxy set per object
 mesh); ``#<artifact>`` reads one named artifact a stage of it made (``#shapes``), or one
 deliverable (``#export/chair.glb``). The reference resolves to a path, which is hashed like
 any other input, so a re-run of the upstream run re-runs what reads it.
@@ -16,6 +16,10 @@ from layerforge.errors import InputError
 from layerforge.pipelines.rundir import load_manifest
 
 RUN_REFERENCE = "run:"
+BUILTIN = "builtin:"
+"""``input=builtin:toy_scene``: a generated scene (Blender Cycles), made on first use under
+``<out>/.cache/scenes/`` and reused (:func:`layerforge.assets.synthetic_scene.cached_toy_scene`)."""
+BUILTIN_SCENES = {"toy_scene": {"objects": 3, "width": 64, "height": 48, "n_train": 30, "n_test": 6}}
 
 
 def resolve_inputs(raw: object, out: str | os.PathLike[str]) -> Path | dict[str, Path | None] | None:
@@ -40,6 +44,8 @@ def resolve_input(raw: object, out: str | os.PathLike[str]) -> Path | None:
     text = str(raw)
     if text.startswith(RUN_REFERENCE):
         return resolve_run_reference(text[len(RUN_REFERENCE):], Path(out))
+    if text.startswith(BUILTIN):
+        return resolve_builtin(text[len(BUILTIN):], Path(out))
     path = Path(text).expanduser()
     if not path.exists():
         raise InputError(f"input {path} does not exist", "pass an existing file or folder with input=PATH")
@@ -70,3 +76,12 @@ def resolve_run_reference(ref: str, out: Path) -> Path:
     known = sorted({a for s in order for a in (stages[s].get("outputs") or {})} | set(manifest.get("exports", {})))
     raise InputError(f"run {parts[0]}/{parts[1]} has no finished artifact '{artifact}'",
                      f"pick one of: {', '.join(known) or '(none yet)'}")
+
+
+def resolve_builtin(name: str, out: Path) -> Path:
+    """The folder of built-in input ``name``, generated on first use."""
+    if name not in BUILTIN_SCENES:
+        raise InputError(f"input=builtin:{name} is unknown", f"pick one of: {', '.join('builtin:' + n for n in BUILTIN_SCENES)}")
+    from layerforge.assets.synthetic_scene import cached_toy_scene
+
+    return cached_toy_scene(out / ".cache" / "scenes", **BUILTIN_SCENES[name]).resolve()
