@@ -5,8 +5,10 @@ The fit: a red box and a blue sphere on a grey floor, rendered by our mesh raste
 (fixed light) into training and held-out views, instance ids from the visible face ids
 (floor and empty = 0 background), and a pseudo-background (what an inpainter would give)
 = the floor rendered without the objects. The fast config (hash grid, tiny widths) is fitted
-with all seven paper terms at the paper's weights through optimise() in an Engine stage.
-Figures measured are in FIT_MEASURED below.
+with all seven paper terms at the paper's weights through optimise() in an Engine stage,
+with poly lr decay (PolyDecay); the fast config differs from the paper in the encoding, the
+sizes, lr 1e-2, no density noise and a sigma bias init of 1 (see FIT_CONFIG). Figures
+measured are in FIT_MEASURED below.
 """
 
 from __future__ import annotations
@@ -304,24 +306,33 @@ def test_render_views_shapes_and_camera_depth():
 # ---------------------------------------------------------------- the fit
 
 RES = 40
-N_TRAIN, N_TEST = 16, 3
+N_TRAIN, N_TEST = 32, 3
 FOV_DEG, DISTANCE = 40.0, 2.6
 FLOOR_Z = -0.3
 LIGHT_DIR = (0.4, -0.3, 1.0)
 BOX_COLOUR, SPHERE_COLOUR, FLOOR_COLOUR = (0.85, 0.25, 0.2), (0.2, 0.35, 0.9), (0.6, 0.6, 0.55)
 FIT_CONFIG = dict(
-    objects=2, encoding="hashgrid", width=32, code_dim=16, num_samples=24, num_importance=24,
-    near=1.2, far=4.2, aabb=((-1.6, -1.6, -0.4), (1.6, 1.6, 0.5)), noise_std=0.0,
+    objects=2, encoding="hashgrid", width=32, code_dim=16, num_samples=32, num_importance=16,
+    near=1.2, far=4.2, aabb=((-1.6, -1.6, -0.4), (1.6, 1.6, 0.5)), noise_std=0.0, sigma_bias_init=1.0,
     hashgrid=HashGridConfig(num_levels=6, features_per_level=2, log2_hashmap_size=14, base_resolution=8,
-                            max_resolution=96),
+                            max_resolution=32),
 )
 FIT_STEPS = 300
-FIT_RAYS = 384
-FIT_LR = 1e-2  # hash grids want a larger lr than the paper's 1e-3 for its PE MLP
+FIT_RAYS = 256
+FIT_LR = 1e-2  # ours: hash grids want a larger lr than the paper's 1e-3 for its PE MLP (poly decay kept)
 FIT_THREADS = 1
 MAX_SECONDS = 60.0
-FIT_MEASURED = "filled in below"
-BOUNDS = {"psnr": 0.0, "miou": 0.0}
+# Measured (seeds 0, 1, 2; one thread each on the shared 2-core machine, 2026-12-01), 300 steps x
+# 256 rays, through the engine and optimise():
+#   held-out merged PSNR 19.0 / 20.5 / 22.5 dB (scene branch 20.4 / 21.4 / 24.3 dB; seen
+#   training views 23.2 / 23.8 / 26.1 dB), mIoU (bg, box, sphere) 0.47 / 0.86 / 0.51,
+#   fit 32-34 s, total 37-39 s.
+# References on the same held-out views: all black 7.6 dB, the mean colour 12.0 dB, the
+# pseudo-background (floor only) 17.1 dB; everything labelled background scores mIoU 0.27.
+# The fit is short (an hour of the paper's schedule is 100 epochs), so the bounds only say
+# "it learnt the scene and a decomposition": above every trivial answer, below the worst seed.
+FIT_MEASURED = {"psnr": (19.0, 20.5, 22.5), "miou": (0.47, 0.86, 0.51)}
+BOUNDS = {"psnr": 18.0, "miou": 0.40}
 
 
 def _scene():
@@ -397,7 +408,9 @@ def fit_udc(seed: int = 0, run_dir: Path | None = None) -> dict[str, float]:
     removed = render_views(model, test, chunk_rays=4096, edits=[Edit.remove(1), Edit.remove(2)])
     psnr = lambda a, b: float(-10 * torch.log10(F.mse_loss(a, b)))  # noqa: E731
     _, _, ps_te = _render(test, v, f, col, counts)
+    seen = render_views(model, train[:3], chunk_rays=4096)
     return {
+        "psnr_train_views": psnr(seen.rgb.clamp(0, 1), rgb_tr[:3]),
         "psnr": psnr(out.rgb.clamp(0, 1), rgb_te),
         "psnr_scene": psnr(out.extras["scene_rgb"].clamp(0, 1), rgb_te),
         "psnr_removed_vs_floor": psnr(removed.rgb.clamp(0, 1), ps_te),

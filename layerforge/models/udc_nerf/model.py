@@ -113,6 +113,10 @@ class UDCNeRFConfig:
         gumbel_tau: temperature of the composition Gumbel-softmax (``gumbel_tau: 0.1``).
         noise_std: raw-density noise while training (``noise_std: 1``).
         perturb: jitter samples while training (``perturb: 1``).
+        sigma_bias_init: initial bias of every sigma head's last layer (raw density, 1/m);
+            0 keeps PyTorch's default init (paper). A positive value (ours, fast variant)
+            keeps the ReLU density alive at the start: a hash grid starts near 0 everywhere,
+            so without noise the whole field can start (and stay) at a negative, dead density.
     """
 
     objects: int = 5
@@ -132,6 +136,7 @@ class UDCNeRFConfig:
     gumbel_tau: float = GUMBEL_TAU
     noise_std: float = NOISE_STD
     perturb: bool = True
+    sigma_bias_init: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objects < 1:
@@ -242,9 +247,12 @@ def _act() -> nn.Module:
 class _Head(nn.Module):
     """sigma (W-W-1) and colour (W -> [., dir] -> W, W, W/2 -> 3, sigmoid) from a feature [.., W]."""
 
-    def __init__(self, width: int, dir_dim: int) -> None:
+    def __init__(self, width: int, dir_dim: int, sigma_bias: float = 0.0) -> None:
         super().__init__()
         self.sigma = nn.Sequential(nn.Linear(width, width), _act(), nn.Linear(width, 1))
+        if sigma_bias:
+            with torch.no_grad():
+                self.sigma[-1].bias.fill_(sigma_bias)
         self.final = nn.Linear(width, width)
         self.dir = nn.Sequential(nn.Linear(width + dir_dim, width), _act(), nn.Linear(width, width), _act(),
                                  nn.Linear(width, width // 2), _act())
@@ -280,11 +288,11 @@ class UDCNetwork(nn.Module):
         )
         self.codes = nn.Embedding(cfg.components, cfg.code_dim)
         self.fusion = nn.Linear(w + cfg.code_dim, w)
-        self.scene = _Head(w, self.dir_encoding.out_dim)
+        self.scene = _Head(w, self.dir_encoding.out_dim, cfg.sigma_bias_init)
         self.decompose = decompose
         if decompose:
-            self.background = _Head(w, self.dir_encoding.out_dim)
-            self.foreground = _Head(w, self.dir_encoding.out_dim)
+            self.background = _Head(w, self.dir_encoding.out_dim, cfg.sigma_bias_init)
+            self.foreground = _Head(w, self.dir_encoding.out_dim, cfg.sigma_bias_init)
 
     def encode(self, points: Tensor) -> Tensor:
         """points [P, 3] world metres -> encoding [P, E]."""
