@@ -159,6 +159,7 @@ def test_model_components_follow_the_delta_rule():
     merged_last = 0.5 * (m.fine.scene_at((o + t[:, -1:] * d), d)[0] +
                          (sig * out["composition_mask"]).sum(-1)[:, -1])
     opaque = merged_last > 1e-3
+    assert int(opaque.sum()) > 0
     assert torch.allclose(out["merged_alpha"][opaque], torch.ones_like(out["merged_alpha"][opaque]), atol=1e-5)
 
 
@@ -301,6 +302,20 @@ def test_render_views_shapes_and_camera_depth():
     r2 = render_views(m, cams, chunk_rays=1000, edits=[Edit.remove(2), Edit.rotate(1, 30.0)])
     assert float(r2.extras["component_alpha"][..., 2].abs().max()) == 0.0
     assert m.training  # restored
+
+
+def test_paper_yaml_is_the_config_defaults():
+    from omegaconf import OmegaConf as OC
+
+    import layerforge
+
+    path = Path(layerforge.__file__).parent / "configs" / "field" / "udc_nerf_codes.yaml"
+    cfg = UDCNeRFConfig(**OC.to_container(OC.load(path)))
+    assert cfg == UDCNeRFConfig()
+    m = UDCNeRF(cfg)
+    assert m.fine.codes.weight.shape == (6, 64) and m.fine.fusion.in_features == 256 + 64
+    assert m.fine.trunk[2][0].in_features == 256 + 63 and m.fine.dir_encoding.out_dim == 27
+    assert not hasattr(m.coarse, "background") and hasattr(m.fine, "foreground")
 
 
 # ---------------------------------------------------------------- the fit
