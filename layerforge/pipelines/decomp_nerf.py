@@ -80,7 +80,8 @@ def _model(ctx: StageContext, objects: int):
     cfg = UDCNeRFConfig(objects=objects, encoding=m.encoding, xyz_frequencies=m.xyz_frequencies,
                         dir_frequencies=m.dir_frequencies, hashgrid=HashGridConfig(**m.hashgrid), width=m.width,
                         depth=m.depth, skips=tuple(m.skips), code_dim=m.code_dim, num_samples=m.num_samples,
-                        num_importance=m.num_importance, near=m.near, far=m.far)
+                        num_importance=m.num_importance, near=m.near, far=m.far,
+                        sigma_bias_init=m.sigma_bias_init)
     return UDCNeRF(cfg).to(ctx.device)
 
 

@@ -36,6 +36,7 @@ class ModelConfig:
     num_importance: int = 32
     near: float = 0.02
     far: float = 2.0
+    sigma_bias_init: float = 1.0  # raw-density bias at start (paper 0; the hash-grid variant starts dead without it)
 
     def __post_init__(self) -> None:
         one_of("model.encoding", self.encoding, ("frequency", "hashgrid"))
