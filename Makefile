@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/renderers.py
 	$(PY) benchmarks/bsp.py
 	$(PY) benchmarks/guidance.py
+	$(PY) benchmarks/decomp_nerf.py
 
 # Regenerate the lock from requirements/base.in in a scratch venv.
 lock:
