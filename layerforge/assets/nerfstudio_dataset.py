@@ -251,6 +251,15 @@ def _read_image(path: Path, where: str) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3])
 
 
+def _read_plane_of_size(path: Path, what: str, where: str, image_path: Path, size: tuple[int, int]) -> np.ndarray:
+    """:func:`_read_plane`, refusing a plane whose size differs from its image's ([H, W])."""
+    plane = _read_plane(path, what, where)
+    if plane.shape != size:
+        raise InputError(f"{where}: {what} {path} is {plane.shape[1]}x{plane.shape[0]} but image {image_path} is "
+                         f"{size[1]}x{size[0]}", f"make {what} maps the size of their images")
+    return plane
+
+
 def _read_plane(path: Path, what: str, where: str) -> np.ndarray:
     """A one-channel PNG (or ``.npy``) -> its [H, W] values as stored (no scaling)."""
     if path.suffix.lower() == ".npy":
@@ -376,10 +385,7 @@ def read_posed_views(
                              f"transforms.json says {w}x{h}", "fix w/h or resize the image")
         images[i] = img
         if masks is not None and f.mask_path is not None:
-            m = _read_plane(f.mask_path, "mask", where)
-            if m.shape != (h, w):
-                raise InputError(f"{where}: mask {f.mask_path} is {m.shape[1]}x{m.shape[0]} but image "
-                                 f"{f.image_path} is {w}x{h}", "make masks the size of their images")
+            m = _read_plane_of_size(f.mask_path, "mask", where, f.image_path, (h, w))
             if m.dtype.kind == "f":
                 raise InputError(f"{where}: mask {f.mask_path} holds floats", "save instance ids as an integer PNG")
             m = m.astype(np.int64)
@@ -390,10 +396,7 @@ def read_posed_views(
                     first_seen.setdefault(int(k), f.mask_path)
             masks[i] = m
         if depths is not None and f.depth_path is not None:
-            d = _read_plane(f.depth_path, "depth", where)
-            if d.shape != (h, w):
-                raise InputError(f"{where}: depth {f.depth_path} is {d.shape[1]}x{d.shape[0]} but image "
-                                 f"{f.image_path} is {w}x{h}", "make depth maps the size of their images")
+            d = _read_plane_of_size(f.depth_path, "depth", where, f.image_path, (h, w))
             depths[i, ..., 0] = d.astype(np.float64) * ds.depth_unit_scale_factor
     inst_path = p.parent / "instances.json"
     named = _read_instances(inst_path)
