@@ -287,8 +287,8 @@ def test_component_rgb_and_opacity_losses_by_hand():
 
 
 def test_poly_decay():
-    p = PolyDecay({"all": 1e-3}, 100)
-    assert p.lr("all", 0) == 1e-3 and p.lr("all", 50) == pytest.approx(2.5e-4) and p.lr("all", 100) == 0.0
+    p = PolyDecay(1e-3, 100)
+    assert p(0) == 1e-3 and p(50) == pytest.approx(2.5e-4) and p(100) == 0.0
 
 
 def test_render_views_shapes_and_camera_depth():
@@ -409,10 +409,9 @@ def fit_udc(seed: int = 0, run_dir: Path | None = None) -> dict[str, float]:
     terms = paper_terms()
 
     def fit(ctx):
-        groups = [ParamGroup("all", list(model.parameters()), FIT_LR, betas=(0.9, 0.99), eps=1e-15)]
+        groups = [ParamGroup("all", list(model.parameters()), PolyDecay(FIT_LR, FIT_STEPS), betas=(0.9, 0.99), eps=1e-15)]
         optimise(ctx, model, groups, terms, BalancedRayBatches(views, ps_tr, FIT_RAYS, objects=2),
-                 OptimiseConfig(steps=FIT_STEPS, checkpoint_every=FIT_STEPS),
-                 policy=PolyDecay({"all": FIT_LR}, FIT_STEPS))
+                 OptimiseConfig(steps=FIT_STEPS, checkpoint_every=FIT_STEPS))
 
     run_dir = run_dir or Path(tempfile.mkdtemp()) / "run"
     cfg = OmegaConf.create({"seed": seed, "device": "cpu", "quiet": True})

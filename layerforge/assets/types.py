@@ -386,6 +386,19 @@ def texture_to_png(img: np.ndarray, srgb: bool) -> bytes:
     return buf.getvalue()
 
 
+def frames_to_gif(frames: np.ndarray, frame_ms: int) -> bytes:
+    """Encode [N, H, W, 3] float32 linear frames in [0, 1] as a looping animated GIF (sRGB, 8-bit)."""
+    import io
+
+    from PIL import Image
+
+    codes = np.round(linear_to_srgb(np.asarray(frames)[..., :3]) * 255.0).astype(np.uint8)
+    images = [Image.fromarray(c, mode="RGB") for c in codes]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return buf.getvalue()
+
+
 def texture_from_image(data: bytes, srgb: bool, source: str = "image") -> np.ndarray:
     """Decode PNG/JPEG bytes into an [H, W, 3|4] float32 linear image in [0, 1] (sRGB-decoded if ``srgb``)."""
     import io

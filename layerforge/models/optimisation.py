@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from layerforge.models.schedules import ScheduleValue
+from layerforge.models.schedules import ScheduleValue, schedule_value
 
 
 @dataclasses.dataclass
@@ -25,19 +25,33 @@ class ParamGroup:
         name: unique; names the group's optimiser in checkpoints and logs.
         params: the tensors, or a function returning them (re-read after the representation
             is resized, e.g. by densification).
-        lr: learning rate, a number or a schedule ``[start_step, start, end, end_step]``.
+        lr: learning rate: a number, a linear schedule ``[start_step, start, end, end_step]``,
+            or a function of the step (e.g. UDC-NeRF's poly decay).
         betas, eps, weight_decay: Adam's.
     """
 
     name: str
     params: Sequence[Tensor] | Callable[[], Sequence[Tensor]]
-    lr: ScheduleValue
+    lr: ScheduleValue | Callable[[int], float]
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
 
     def tensors(self) -> list[Tensor]:
         return list(self.params() if callable(self.params) else self.params)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate at training step ``step``."""
+        return float(self.lr(step)) if callable(self.lr) else float(schedule_value(self.lr, step))
+
+
+def batch_generator(batch: Mapping[str, Any], salt: int) -> torch.Generator:
+    """A generator for a loss term's own randomness, seeded from the batch's ``seed`` and a per-term salt.
+
+    Samplers draw ``seed`` from the step's (checkpointed) generator, so a term's jitter and noise
+    are reproducible after a resume without the term holding state.
+    """
+    return torch.Generator().manual_seed(int(batch["seed"]) * 1_000_003 + salt)
 
 
 @runtime_checkable

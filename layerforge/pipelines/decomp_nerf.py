@@ -40,6 +40,7 @@ from layerforge.pipelines.decomp_nerf_config import (
 from layerforge.pipelines.stage import INPUT, Stage
 
 log = logging.getLogger("layerforge")
+TURNTABLE_FRAME_MS = 80  # 12.5 frames per second
 
 
 # ---- prepare ----------------------------------------------------------------------------
@@ -98,10 +99,9 @@ def train(ctx: StageContext) -> None:
     model = _model(ctx, len(objects["names"]))
     sampler = BalancedRayBatches(views, pseudo, cfg.rays_per_step, fg_fraction=cfg.fg_fraction,
                                  objects=len(objects["names"]), device=ctx.device)
-    figures = optimise(ctx, model, [ParamGroup("model", list(model.parameters()), cfg.lr)],
-                       paper_terms(dict(cfg.weights)), sampler,
-                       OptimiseConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every),
-                       policy=PolyDecay({"model": cfg.lr}, cfg.steps, cfg.lr_exponent))
+    lr = PolyDecay(cfg.lr, cfg.steps, cfg.lr_exponent)
+    figures = optimise(ctx, model, [ParamGroup("model", list(model.parameters()), lr)], paper_terms(dict(cfg.weights)),
+                       sampler, OptimiseConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every))
     ctx.save("model", model)
     ctx.record(**{f"final_{k}": v for k, v in figures.items()})
 
@@ -115,8 +115,9 @@ def _trained(ctx: StageContext):
 
 # ---- evaluate ---------------------------------------------------------------------------
 def evaluate(ctx: StageContext) -> None:
+    from layerforge.assets.atomic import atomic_write_json
     from layerforge.assets.types import linear_to_srgb
-    from layerforge.models.image_metrics import mean_iou, psnr, ssim
+    from layerforge.models.image_metrics import mask_iou, mean_iou, psnr, ssim
     from layerforge.models.udc_nerf import render_views
 
     cfg: EvaluateConfig = ctx.typed("evaluate")
@@ -136,9 +137,7 @@ def evaluate(ctx: StageContext) -> None:
     }
     for k, name in enumerate(objects["names"], start=1):
         metrics[f"psnr_{name}"] = psnr(pred, gt, ids == k)
-        metrics[f"iou_{name}"] = float(((seg == k) & (ids == k)).sum()) / max(float(((seg == k) | (ids == k)).sum()), 1.0)
-    from layerforge.assets.atomic import atomic_write_json
-
+        metrics[f"iou_{name}"] = mask_iou(seg == k, ids == k)
     atomic_write_json(ctx.output("metrics", ".json"), metrics)
     ctx.record(**metrics)
 
@@ -163,7 +162,7 @@ def _edits(cfg: EditConfig, frame) -> list:
 
 def edit(ctx: StageContext) -> None:
     from layerforge.assets.atomic import atomic_write_bytes
-    from layerforge.assets.types import texture_to_png
+    from layerforge.assets.types import frames_to_gif, texture_to_png
     from layerforge.models.udc_nerf import render_views
     from layerforge.renderers.cameras import orbit_cameras
 
@@ -188,19 +187,9 @@ def edit(ctx: StageContext) -> None:
     cams = orbit_cameras(torch.full((n,), elev), torch.arange(n) * (360.0 / n), dist, fov, views.cameras.width,
                          views.cameras.height)
     frames = render_views(model, cams, chunk_rays=cfg.chunk_rays, edits=edits).rgb.clamp(0, 1).cpu().numpy()
-    from PIL import Image
-
-    pngs = []
     for i, img in enumerate(frames):
-        data = texture_to_png(img, srgb=True)
-        atomic_write_bytes(ctx.preview_path(f"turntable_{i:03d}.png"), data)
-        pngs.append(data)
-    import io
-
-    gif = io.BytesIO()
-    images = [Image.open(io.BytesIO(d)).convert("RGB") for d in pngs]
-    images[0].save(gif, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
-    atomic_write_bytes(ctx.preview_path("turntable.gif"), gif.getvalue())
+        atomic_write_bytes(ctx.preview_path(f"turntable_{i:03d}.png"), texture_to_png(img, srgb=True))
+    atomic_write_bytes(ctx.preview_path("turntable.gif"), frames_to_gif(frames, TURNTABLE_FRAME_MS))
     ctx.record(edits=len(edits), turntable_frames=n)
 
 

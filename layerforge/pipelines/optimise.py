@@ -79,9 +79,10 @@ class _Optimizers:
             raise ValueError(f"parameter group names must be unique, got {names}")
         self.groups = {g.name: g for g in groups}
         for g in groups:
-            validate_schedule(g.lr, f"{g.name}.lr")
+            if not callable(g.lr):
+                validate_schedule(g.lr, f"{g.name}.lr")
         self.by_name = {
-            g.name: torch.optim.Adam(g.tensors(), lr=schedule_value(g.lr, 0), betas=g.betas, eps=g.eps,
+            g.name: torch.optim.Adam(g.tensors(), lr=g.lr_at(0), betas=g.betas, eps=g.eps,
                                      weight_decay=g.weight_decay)
             for g in groups
         }
@@ -94,7 +95,7 @@ class _Optimizers:
     def set_lr(self, step: int) -> None:
         for name, opt in self.by_name.items():
             for group in opt.param_groups:
-                group["lr"] = schedule_value(self.groups[name].lr, step)
+                group["lr"] = self.groups[name].lr_at(step)
 
     def zero_grad(self) -> None:
         for opt in self.by_name.values():
@@ -108,19 +109,6 @@ class _Optimizers:
             opt.param_groups[0]["params"] = self.groups[name].tensors()  # the representation may have been resized
             opt.state.clear()
             opt.load_state_dict(state[name])
-
-
-class _PolicyState:
-    """Adapts a policy's ``state_dict`` to the checkpoint's object protocol."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.policy.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.policy.load_state_dict(state)
 
 
 class Optimiser:
@@ -158,7 +146,7 @@ class Optimiser:
             validate_schedule(t.weight, f"{t.name}.weight")
         state: dict[str, Any] = {"model": self.representation, "optim": self.optimizers, "gen": self.generator}
         if policy is not None:
-            state["policy"] = _PolicyState(policy)
+            state["policy"] = policy
         scaler = torch.amp.GradScaler("cuda") if ctx.device.type == "cuda" and cfg.mixed_precision == "fp16" else None
         if scaler is not None:
             state["scaler"] = scaler

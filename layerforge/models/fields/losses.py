@@ -15,20 +15,16 @@ from torch import Tensor
 
 from layerforge.models.fields.base import Field
 from layerforge.models.fields.render import SamplerConfig, render_rays
+from layerforge.models.optimisation import batch_generator
 from layerforge.models.schedules import ScheduleValue
 
 BCE_CLAMP = 1e-5  # keeps log() finite where a rendered opacity is exactly 0 or 1
 
 
-def _generator(batch: dict[str, Any], salt: int) -> torch.Generator:
-    """A generator for a term's own randomness, from the batch's seed (resumable, per term)."""
-    return torch.Generator().manual_seed(int(batch["seed"]) * 1_000_003 + salt)
-
-
 def rendered(field: Field, batch: dict[str, Any], info: dict[str, Any], sampler: SamplerConfig) -> dict[str, Tensor]:
     """The batch's rays rendered through ``field`` once per step (stratified jitter from the batch seed)."""
     if "render" not in info:
-        info["render"] = render_rays(field, batch["origins"], batch["directions"], sampler, generator=_generator(batch, 0))
+        info["render"] = render_rays(field, batch["origins"], batch["directions"], sampler, generator=batch_generator(batch, 0))
     return info["render"]
 
 
@@ -74,5 +70,5 @@ class EikonalLoss:
 
     def __call__(self, field: Any, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         lo, hi = field.aabb[0], field.aabb[1]
-        u = torch.rand(self.points, 3, generator=_generator(batch, 1)).to(lo)
+        u = torch.rand(self.points, 3, generator=batch_generator(batch, 1)).to(lo)
         return eikonal_residuals(field, lo + (hi - lo) * u, create_graph=True).square().mean()

@@ -189,7 +189,6 @@ def render_field(
     device = p.device if p is not None else field.aabb.device
     dtype = p.dtype if p is not None else torch.float32
     cams = cameras.to(device=device, dtype=dtype)
-    b, h, w = len(cams), cams.height, cams.width
     origins, dirs = generate_rays(cams, normalize=True)  # [B, H, W, 3]
     forward = cams.camera_to_world[:, :3, 2]  # OpenCV +z (viewing direction) in world, [B, 3]
     cos = (dirs * forward[:, None, None, :]).sum(-1, keepdim=True)  # [B, H, W, 1], > 0 in view

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from layerforge.models.optimisation import batch_generator
 from layerforge.models.schedules import ScheduleValue
 
 from .model import UDCNeRF
@@ -67,14 +68,13 @@ OPACITY_BG_WEIGHT = 0.05
 SUPPRESSION_TARGET = 1e-5
 
 
-def _generator(batch: dict[str, Any]) -> torch.Generator:
-    return torch.Generator().manual_seed(int(batch["seed"]) * 1_000_003 + 17)
+UDC_SALT = 17  # batch_generator salt of the shared model forward
 
 
 def udc_forward(model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> dict[str, Tensor]:
     """The batch's rays through ``model`` once per step (randomness from the batch seed)."""
     if "udc" not in info:
-        info["udc"] = model(batch["origins"], batch["directions"], _generator(batch))
+        info["udc"] = model(batch["origins"], batch["directions"], batch_generator(batch, UDC_SALT))
     return info["udc"]
 
 

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from layerforge.models.fields.base import normalize_aabb
 from layerforge.models.fields.encodings import NERF_DIRECTION_FREQUENCIES, NERF_POSITION_FREQUENCIES, PositionalEncoding
 from layerforge.models.fields.hashgrid import HashGrid, HashGridConfig
-from layerforge.renderers.volume import sample_pdf, sample_stratified, weights_from_density
+from layerforge.renderers.volume import sample_pdf, sample_stratified
 
 if TYPE_CHECKING:
     from .edits import Slot

@@ -7,14 +7,12 @@
   foreground is the instance masks as given, not dilated (``erode_instance_mask: false``; the
   23x23 dilation applies to the inpainting masks only). We draw the exact counts per step
   (``round(0.3 R)`` foreground rays) instead of per-ray Bernoulli draws.
-- :class:`PolyDecay`: the paper's ``lr_scheduler: poly``, ``lr = lr0 (1 - step/total)^2``
+- :class:`PolyDecay`: the paper's ``lr_scheduler: poly``, ``lr = lr0 (1 - step/total)^2`` (a group's lr function)
   (per epoch there, per step here), as a policy, because schedule values are linear.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -89,32 +87,15 @@ class BalancedRayBatches:
 
 
 class PolyDecay:
-    """Policy setting every group's lr to ``lr0 (1 - step / total) ** exponent`` before its step.
+    """The learning rate ``lr0 (1 - step / total) ** exponent`` as a function of the step
+    (a :class:`~layerforge.models.optimisation.ParamGroup` ``lr``).
 
     Args:
-        base_lr: lr0 by group name (paper: 1e-3 for all). total_steps: steps to zero.
-        exponent: 2 (paper).
+        base_lr: lr0 (paper: 1e-3). total_steps: steps to zero. exponent: 2 (paper).
     """
 
-    def __init__(self, base_lr: Mapping[str, float], total_steps: int, exponent: float = POLY_EXPONENT) -> None:
-        self.base_lr, self.total, self.exponent = dict(base_lr), total_steps, exponent
+    def __init__(self, base_lr: float, total_steps: int, exponent: float = POLY_EXPONENT) -> None:
+        self.base_lr, self.total, self.exponent = base_lr, total_steps, exponent
 
-    def lr(self, name: str, step: int) -> float:
-        return self.base_lr[name] * max(1.0 - step / self.total, 0.0) ** self.exponent
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def step_pre_backward(self, step: int, representation: torch.nn.Module,
-                          optimizers: Mapping[str, torch.optim.Optimizer], info: dict[str, Any]) -> None:
-        for name, opt in optimizers.items():
-            if name in self.base_lr:
-                for g in opt.param_groups:
-                    g["lr"] = self.lr(name, step)
-
-    def step_post_backward(self, step: int, representation: torch.nn.Module,
-                           optimizers: Mapping[str, torch.optim.Optimizer], info: dict[str, Any]) -> None:
-        pass
+    def __call__(self, step: int) -> float:
+        return self.base_lr * max(1.0 - step / self.total, 0.0) ** self.exponent
