@@ -58,6 +58,19 @@ def test_smoke_run_delivers_every_stage_in_the_users_world(tmp_path, scene):
         assert np.all(hi > centre - 2.0) and np.all(lo < centre + 2.0), (part.name, lo, hi)
     assert json.loads((run / "export" / "scene_frame.json").read_text()) == {"to_world": np.eye(4).tolist()}
 
+    # each object's box (from the masks' depths) holds its ground-truth primitive and little more
+    import trimesh
+
+    from layerforge.assets.frame import SceneFrame
+
+    to_local = SceneFrame.load(run / "stages" / "prepare" / "frame.json").inverse()
+    boxes = np.load(run / "stages" / "prepare" / "objects.npz")
+    for name, lo, hi in zip(boxes["names"], boxes["lo"], boxes["hi"]):
+        local = to_local.apply(np.asarray(trimesh.load(scene / "gt" / f"{name}.ply").vertices))
+        size = local.max(0) - local.min(0)
+        assert np.all(lo <= local.min(0) + 0.05 * size) and np.all(hi >= local.max(0) - 0.05 * size), (name, lo, hi, local.min(0), local.max(0))
+        assert np.all(hi - lo <= size + 0.6 * size.max()), (name, hi - lo, size)  # pad 0.25 a side, and some slack
+
 
 def test_a_view_without_mask_is_one_line(tmp_path, scene):
     broken = tmp_path / "scene"

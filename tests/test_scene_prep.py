@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from layerforge.models.guidance.inpaint import Inpainter
-from layerforge.models.scene_prep import normalising_frame, object_bounds, object_masks, pseudo_backgrounds
+from layerforge.models.scene_prep import normalising_frame, object_bounds, object_masks, pseudo_backgrounds, scaled_kernel
 from layerforge.renderers.camera_set import CameraSet
 from layerforge.renderers.cameras import orbit_cameras
 from layerforge.renderers.mesh import rasterize
@@ -40,11 +40,22 @@ def test_frame_puts_cameras_and_surface_in_the_unit_sphere_and_object_box_on_the
     np.testing.assert_allclose(world_hi, box.bounds[1], atol=0.02)
 
 
-def test_masks_are_eroded_3_and_dilated_23_pixels():
+def test_masks_are_eroded_3_then_dilated_23_pixels():
     ids = torch.zeros(1, 40, 40, dtype=torch.long)
     ids[0, 15:25, 15:25] = 2
+    ids[0, 2, 2] = 1  # a one-pixel speck of mask noise: erosion drops it before the dilation
     eroded, dilated = object_masks(ids)
-    assert int(eroded.sum()) == 8 * 8 and int(dilated.sum()) == 32 * 32  # 3x3 takes 1 px, 23x23 adds 11 px a side
+    assert int(eroded.sum()) == 8 * 8 and int(dilated.sum()) == 30 * 30  # 3x3 takes 1 px, 23x23 adds 11 px a side
+    assert not dilated[0, 2, 2]
+
+
+def test_kernels_scale_with_the_image_width():
+    assert scaled_kernel(23, 640) == 23 and scaled_kernel(3, 640) == 3
+    assert scaled_kernel(23, 320) == 11 and scaled_kernel(23, 64) == 3  # 11.5 and 2.3 px: the nearest odd sizes
+    assert scaled_kernel(3, 64) == 1  # 0.3 px: no erosion
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[0, 3:5, 3:5] = 1
+    assert torch.equal(object_masks(mask, erode=1, dilate=1)[1], mask.bool())  # size 1 changes nothing
 
 
 def test_pseudo_background_fills_objects_and_keeps_the_rest():

@@ -212,6 +212,33 @@ def test_remove_zeroes_the_component_everywhere_and_move_is_a_shift():
     assert torch.allclose(p[0], c + torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
 
 
+def test_object_boxes_confine_each_component_and_move_with_its_object():
+    boxes = (((-0.5, -0.5, -0.5), (0.0, 0.5, 0.5)), ((0.0, -0.5, -0.5), (0.5, 0.5, 0.5)))
+    torch.manual_seed(3)
+    free = UDCNeRF(_tiny_config()).eval()
+    boxed = UDCNeRF(_tiny_config(object_boxes=boxes)).eval()
+    boxed.load_state_dict(free.state_dict())
+    pts = torch.rand(4000, 3) * 2 - 1
+    dirs = F.normalize(torch.randn(4000, 3), dim=-1)
+    with torch.no_grad():
+        _, _, sig_f, rgb_f = free.fine.components_at(pts, dirs)
+        _, _, sig_b, rgb_b = boxed.fine.components_at(pts, dirs)
+    for k, (lo, hi) in enumerate(boxes, start=1):
+        inside = ((pts >= torch.tensor(lo)) & (pts <= torch.tensor(hi))).all(-1)
+        assert 0 < int(inside.sum()) < len(pts)
+        assert torch.equal(sig_b[inside, k], sig_f[inside, k])
+        assert bool((sig_b[~inside, k] == BLOCK_SIGMA).all())
+    assert torch.equal(sig_b[:, 0], sig_f[:, 0]) and torch.equal(rgb_b, rgb_f)  # background everywhere; colours kept
+    # a moved object carries its box: its density at x + dx is the unmoved one at x
+    shift = torch.tensor([0.7, 0.0, 0.0])
+    from layerforge.models.udc_nerf import make_slots
+    with torch.no_grad():
+        _, _, sig_m, _ = boxed.fine.components_at(pts + shift, dirs, make_slots([Edit.move(1, shift.tolist())], 2))
+    assert torch.equal(sig_m[:, 1], sig_b[:, 1])
+    with pytest.raises(ValueError, match="object_boxes"):
+        _tiny_config(object_boxes=boxes[:1])
+
+
 # ---------------------------------------------------------------- sampler, losses, lr
 
 

@@ -23,7 +23,9 @@ from layerforge.renderers.cameras import generate_rays
 
 ERODE_PX = 3  # UDC-NeRF: masks eroded with a 3x3 kernel ...
 DILATE_PX = 23  # ... and dilated with a 23x23 kernel before inpainting
-BOUNDS_PAD = 0.1  # object boxes grow by this fraction of their size on every side (ours)
+KERNEL_REFERENCE_WIDTH = 640  # ... on ToyDesk / ScanNet frames 640 px wide
+BOUNDS_PAD = 0.25  # object boxes grow by this fraction of their size on every side (ours): depth sees
+# no underside, so a box of the observed points alone cuts off where an object meets the ground
 SCENE_RADIUS = 1.0  # the scene fits this sphere in the optimisation frame
 
 
@@ -73,8 +75,22 @@ def object_bounds(views: CameraSet, objects: list[int], frame: SceneFrame, pad: 
     return out
 
 
+def scaled_kernel(size: int, width: int, reference_width: int = KERNEL_REFERENCE_WIDTH) -> int:
+    """The odd kernel size that covers the same share of a ``width``-px image as ``size`` px of a
+    ``reference_width``-px one (at least 1, which is no change).
+
+    UDC-NeRF's 23x23 dilation is 3.6 % of a 640-px frame; kept at 23 px, it would inpaint
+    most of a 64x48 image and leave the background component no real target.
+    """
+    scaled = size * width / reference_width
+    return max(1, 2 * round((scaled - 1) / 2) + 1)
+
+
 def _morph(masks: np.ndarray, size: int, op: str) -> np.ndarray:
     import cv2
+
+    if size <= 1:
+        return masks.astype(bool)
 
     kernel = np.ones((size, size), np.uint8)
     fn = cv2.erode if op == "erode" else cv2.dilate
@@ -82,16 +98,21 @@ def _morph(masks: np.ndarray, size: int, op: str) -> np.ndarray:
 
 
 def object_masks(ids: Tensor, erode: int = ERODE_PX, dilate: int = DILATE_PX) -> tuple[Tensor, Tensor]:
-    """(eroded, dilated) [N, H, W] bool masks of "any object" from instance ids [N, H, W] (k >= 1)."""
-    fg = (ids >= 1).cpu().numpy()
-    return torch.from_numpy(_morph(fg, erode, "erode")), torch.from_numpy(_morph(fg, dilate, "dilate"))
+    """(eroded, dilated) [N, H, W] bool masks of "any object" from instance ids [N, H, W] (k >= 1).
+
+    The dilated mask grows the eroded one (erosion first drops specks of mask noise, as
+    UDC-NeRF's preprocessing does before dilating the inpainting holes).
+    """
+    eroded = _morph((ids >= 1).cpu().numpy(), erode, "erode")
+    return torch.from_numpy(eroded), torch.from_numpy(_morph(eroded, dilate, "dilate"))
 
 
-def pseudo_backgrounds(views: CameraSet, inpainter, dilate: int = DILATE_PX) -> Tensor:
-    """[N, H, W, 3] linear images with every object region (dilated ``dilate`` px) inpainted."""
+def pseudo_backgrounds(views: CameraSet, inpainter, erode: int = ERODE_PX, dilate: int = DILATE_PX) -> Tensor:
+    """[N, H, W, 3] linear images with every object region (eroded ``erode`` px, then dilated
+    ``dilate`` px) inpainted."""
     if views.masks is None:
         return views.images.clone()
-    _, holes = object_masks(views.masks, dilate=dilate)
+    _, holes = object_masks(views.masks, erode=erode, dilate=dilate)
     return torch.stack([inpainter(img, hole) for img, hole in zip(views.images, holes)])
 
 

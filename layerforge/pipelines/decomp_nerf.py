@@ -41,6 +41,9 @@ from layerforge.pipelines.stage import INPUT, Stage
 
 log = logging.getLogger("layerforge")
 TURNTABLE_FRAME_MS = 80  # 12.5 frames per second
+# marching cubes runs on the object's box grown by this many voxels a side, so a density
+# confined to the box (model.confine_to_boxes) still closes into a surface at the box faces
+EXTRACT_MARGIN_VOXELS = 2
 
 
 # ---- prepare ----------------------------------------------------------------------------
@@ -61,24 +64,26 @@ def prepare(ctx: StageContext) -> None:
     frame = normalising_frame(data.train)
     train, test = views_in_frame(data.train, frame), views_in_frame(data.test, frame)
     inpainter = Inpainter({"pretrained_model_name_or_path": cfg.inpaint_model})
-    bounds = object_bounds(train, ids, frame)
+    bounds = object_bounds(data.train, ids, frame)  # world views: the frame maps their points in
     ctx.save("views", train)
     ctx.save("test_views", test)
     ctx.save("frame", frame)
-    ctx.save("pseudo_background", {"train": pseudo_backgrounds(train, inpainter, dilate=cfg.dilate_px).numpy(),
-                                   "test": pseudo_backgrounds(test, inpainter, dilate=cfg.dilate_px).numpy()})
+    erode, dilate = cfg.kernels(train.cameras.width)
+    ctx.save("pseudo_background", {"train": pseudo_backgrounds(train, inpainter, erode, dilate).numpy(),
+                                   "test": pseudo_backgrounds(test, inpainter, erode, dilate).numpy()})
     ctx.save("objects", {"names": np.array([data.instances[k] for k in ids]),
                          "lo": np.stack([bounds[k][0] for k in ids]), "hi": np.stack([bounds[k][1] for k in ids])})
     ctx.record(train_views=len(train), test_views=len(test), objects=len(ids),
-               inpainter=inpainter.backend, scene_scale_m=frame.scale)
+               inpainter=inpainter.backend, scene_scale_m=frame.scale, erode_px=erode, dilate_px=dilate)
 
 
-def _model(ctx: StageContext, objects: int):
+def _model(ctx: StageContext, objects: dict[str, np.ndarray]):
     from layerforge.models.fields import HashGridConfig
     from layerforge.models.udc_nerf import UDCNeRF, UDCNeRFConfig
 
     m: ModelConfig = ctx.typed("model")
-    cfg = UDCNeRFConfig(objects=objects, encoding=m.encoding, xyz_frequencies=m.xyz_frequencies,
+    boxes = tuple(zip(objects["lo"].tolist(), objects["hi"].tolist())) if m.confine_to_boxes else None
+    cfg = UDCNeRFConfig(objects=len(objects["names"]), object_boxes=boxes, encoding=m.encoding, xyz_frequencies=m.xyz_frequencies,
                         dir_frequencies=m.dir_frequencies, hashgrid=HashGridConfig(**m.hashgrid), width=m.width,
                         depth=m.depth, skips=tuple(m.skips), code_dim=m.code_dim, num_samples=m.num_samples,
                         num_importance=m.num_importance, near=m.near, far=m.far,
@@ -96,7 +101,7 @@ def train(ctx: StageContext) -> None:
     views = ctx.load("views")
     objects = ctx.load("objects")
     pseudo = torch.from_numpy(ctx.load("pseudo_background")["train"])
-    model = _model(ctx, len(objects["names"]))
+    model = _model(ctx, objects)
     sampler = BalancedRayBatches(views, pseudo, cfg.rays_per_step, fg_fraction=cfg.fg_fraction,
                                  objects=len(objects["names"]), device=ctx.device)
     lr = PolyDecay(cfg.lr, cfg.steps, cfg.lr_exponent)
@@ -108,7 +113,7 @@ def train(ctx: StageContext) -> None:
 
 def _trained(ctx: StageContext):
     objects = ctx.load("objects")
-    model = _model(ctx, len(objects["names"]))
+    model = _model(ctx, objects)
     ctx.load("model", model)
     return model.eval(), objects
 
@@ -209,6 +214,9 @@ def extract(ctx: StageContext) -> None:
     boxes = [(np.full(3, -1.0), np.full(3, 1.0))] + list(zip(objects["lo"], objects["hi"]))
     for k, name in enumerate(["background", *names]):
         lo, hi = boxes[k]
+        if k > 0:
+            grow = EXTRACT_MARGIN_VOXELS * (hi - lo) / cfg.resolution
+            lo, hi = lo - grow, hi + grow
         try:
             mesh = extract_level_set(component_density(model, k), lo, hi, resolution=cfg.resolution,
                                      level=cfg.density_threshold, color=component_color(model, k), device=ctx.device)

@@ -13,12 +13,24 @@ class PrepareConfig:
     min_train_views: int = 3
     erode_px: int = 3  # UDC-NeRF: object masks eroded 3x3 ...
     dilate_px: int = 23  # ... and dilated 23x23 before inpainting
+    kernel_reference_width: int | None = 640  # ... on 640-px frames: kernels scale with the width; null: as given
     inpaint_model: str | None = None  # a diffusers inpainting model; null: OpenCV (Telea)
 
     def __post_init__(self) -> None:
         at_least("prepare.min_train_views", self.min_train_views, 1)
         at_least("prepare.erode_px", self.erode_px, 1)
         at_least("prepare.dilate_px", self.dilate_px, 1)
+        if self.kernel_reference_width is not None:
+            at_least("prepare.kernel_reference_width", self.kernel_reference_width, 1)
+
+    def kernels(self, width: int) -> tuple[int, int]:
+        """(erode, dilate) kernel sizes for images ``width`` px wide."""
+        from layerforge.models.scene_prep import scaled_kernel
+
+        if self.kernel_reference_width is None:
+            return self.erode_px, self.dilate_px
+        return (scaled_kernel(self.erode_px, width, self.kernel_reference_width),
+                scaled_kernel(self.dilate_px, width, self.kernel_reference_width))
 
 
 @dataclasses.dataclass
@@ -32,11 +44,12 @@ class ModelConfig:
     depth: int = 2
     skips: list[int] = dataclasses.field(default_factory=list)
     code_dim: int = 16
-    num_samples: int = 32
-    num_importance: int = 32
+    num_samples: int = 24
+    num_importance: int = 24
     near: float = 0.02
     far: float = 2.0
     sigma_bias_init: float = 1.0  # raw-density bias at start (paper 0; the hash-grid variant starts dead without it)
+    confine_to_boxes: bool = True  # each object's density only inside its box from prepare (ours; paper: false)
 
     def __post_init__(self) -> None:
         one_of("model.encoding", self.encoding, ("frequency", "hashgrid"))
@@ -48,9 +61,9 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    steps: int = 1500
-    rays_per_step: int = 1024
-    lr: float = 0.005
+    steps: int = 800
+    rays_per_step: int = 256
+    lr: float = 0.01
     lr_exponent: float = 2.0  # UDC-NeRF: poly decay, exponent 2
     fg_fraction: float = 0.3  # UDC-NeRF: 0.7 background / 0.3 object rays
     checkpoint_every: int = 250

@@ -39,6 +39,8 @@ Ambiguities resolved here (ours):
   midpoints with weights ``w[1:-1]``, as the paper, but at stratified CDF levels.
 - ``generator=None`` (rendering): no Gumbel noise (plain argmax), no density noise, no
   jitter, deterministic importance levels.
+- Object boxes (``object_boxes``, off in the paper config): a foreground component's density
+  is confined to its object's box (from the masks' depths); see :class:`UDCNeRFConfig`.
 - Edits (:mod:`.edits`): each component slot evaluates the trunk at its inverse-transformed
   points and directions; the scene branch cannot be edited, so its outputs stay those of
   the unedited scene, and the coarse density that places the fine samples is the sum over
@@ -117,6 +119,12 @@ class UDCNeRFConfig:
             0 keeps PyTorch's default init (paper). A positive value (ours, fast variant)
             keeps the ReLU density alive at the start: a hash grid starts near 0 everywhere,
             so without noise the whole field can start (and stay) at a negative, dead density.
+        object_boxes: optional K boxes ``((lo xyz), (hi xyz))`` (m), one per object; a
+            foreground component has no density outside its box (raw sigma
+            :data:`BLOCK_SIGMA`). ``None`` (paper): every component everywhere. Ours, after
+            Object-NeRF's object boxes: with the paper's weak outside-mask opacity weight
+            (0.05) and a shared foreground head, a short fit leaves every object's density at
+            every other object's surface, so the composition argmax mislabels them.
     """
 
     objects: int = 5
@@ -137,6 +145,7 @@ class UDCNeRFConfig:
     noise_std: float = NOISE_STD
     perturb: bool = True
     sigma_bias_init: float = 0.0
+    object_boxes: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.objects < 1:
@@ -153,6 +162,13 @@ class UDCNeRFConfig:
             self.hashgrid = HashGridConfig(**self.hashgrid)
         self.skips = tuple(self.skips)
         self.aabb = tuple(tuple(float(v) for v in c) for c in self.aabb)  # type: ignore[assignment]
+        if self.object_boxes is not None:
+            boxes = tuple(tuple(tuple(float(v) for v in c) for c in box) for box in self.object_boxes)
+            if len(boxes) != self.objects or any(len(b) != 2 or any(len(c) != 3 for c in b) for b in boxes):
+                raise ValueError(f"UDCNeRFConfig.object_boxes needs {self.objects} ((lo xyz), (hi xyz)) boxes")
+            if any(lo > hi for b in boxes for lo, hi in zip(*b)):
+                raise ValueError("UDCNeRFConfig.object_boxes: every lo must be <= its hi")
+            self.object_boxes = boxes  # type: ignore[assignment]
 
     @property
     def components(self) -> int:
@@ -275,6 +291,11 @@ class UDCNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.register_buffer("aabb", torch.tensor(cfg.aabb, dtype=torch.float32), persistent=False)
+        # [K + 1, 2, 3]; row 0 (the background) spans everything
+        boxes = torch.tensor([[[-torch.inf] * 3, [torch.inf] * 3]] * cfg.components, dtype=torch.float32)
+        if cfg.object_boxes is not None:
+            boxes[1:] = torch.tensor(cfg.object_boxes, dtype=torch.float32)
+        self.register_buffer("boxes", boxes, persistent=False)
         if cfg.encoding == "frequency":
             self.encoding: nn.Module = PositionalEncoding(3, cfg.xyz_frequencies, include_input=True)
         else:
@@ -316,6 +337,16 @@ class UDCNetwork(nn.Module):
         x = torch.cat([trunk[:, None].expand(p, c, -1), code[None].expand(p, c, -1)], -1)
         return self.fusion(x)
 
+    def confine(self, sigma: Tensor, points: Tensor, objects: Tensor | int) -> Tensor:
+        """Raw sigma [P, C] (or [P]) set to :data:`BLOCK_SIGMA` where points [P, 3] lie outside
+        the boxes of ``objects`` (code indices [C], or one int); unchanged without boxes."""
+        if self.cfg.object_boxes is None:
+            return sigma
+        box = self.boxes[objects]  # [C, 2, 3] or [2, 3]
+        p = points[:, None] if box.dim() == 3 else points
+        inside = ((p >= box[..., 0, :]) & (p <= box[..., 1, :])).all(-1)
+        return torch.where(inside, sigma, torch.full_like(sigma, BLOCK_SIGMA))
+
     def all_codes(self) -> Tensor:
         return torch.arange(self.cfg.components, device=self.codes.weight.device)
 
@@ -347,6 +378,7 @@ class UDCNetwork(nn.Module):
         if slots is None:
             bg_s, bg_c = self.background(fused[:, 0], denc)
             fg_s, fg_c = self.foreground(fused[:, 1:], denc[:, None].expand(-1, fused.shape[1] - 1, -1))
+            fg_s = self.confine(fg_s, points, self.all_codes()[1:])
             return s_sigma, s_rgb, torch.cat([bg_s[:, None], fg_s], 1), torch.cat([bg_c[:, None], fg_c], 1)
         sig, col = [], []
         for slot in slots:
@@ -355,12 +387,13 @@ class UDCNetwork(nn.Module):
                 col.append(torch.zeros_like(s_rgb))
                 continue
             if slot.is_identity:
-                f, d = fused[:, slot.object], denc
+                p, f, d = points, fused[:, slot.object], denc
             else:
                 p, dd = slot.to_original(points, directions)
                 f = self.fuse(self.trunk_features(p), torch.tensor([slot.object]))[:, 0]
                 d = self.dir_encoding(dd)
             s, c = (self.background if slot.object == 0 else self.foreground)(f, d)
+            s = self.confine(s, p, slot.object)  # in the object's original frame: boxes move with it
             sig.append(s)
             col.append(c)
         return s_sigma, s_rgb, torch.stack(sig, 1), torch.stack(col, 1)
