@@ -26,9 +26,12 @@ SMOKE = [
 ]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "layerforge.cli", *args], capture_output=True, text=True, env=env, timeout=900)
+    cmd = [sys.executable, "-m", "layerforge.cli", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,39 @@ def test_smoke_run_delivers_every_stage_in_the_users_world(tmp_path, scene):
         size = local.max(0) - local.min(0)
         assert np.all(lo <= local.min(0) + 0.05 * size) and np.all(hi >= local.max(0) - 0.05 * size), (name, lo, hi, local.min(0), local.max(0))
         assert np.all(hi - lo <= size + 0.6 * size.max()), (name, hi - lo, size)  # pad 0.25 a side, and some slack
+
+
+@pytest.mark.slow
+def test_sigkill_during_train_then_resume_gives_the_same_model_and_metrics(tmp_path, scene):
+    import signal
+    import time
+
+    import torch
+
+    common = [f"input={scene}", f"out={tmp_path}", *SMOKE, "train.steps=80", "train.checkpoint_every=10"]
+    clean = _cli("run", "decomp_nerf", "run=clean", *common)
+    assert clean.returncode == 0, clean.stderr
+
+    proc = _cli("run", "decomp_nerf", "run=killed", *common, wait=False)
+    ckpt = tmp_path / "decomp_nerf" / "killed" / "stages" / "train" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((tmp_path / "decomp_nerf" / "killed" / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["status"] == "running", "the kill should land mid-training"
+
+    resumed = _cli("run", "decomp_nerf", "run=killed", *common)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step" in (tmp_path / "decomp_nerf" / "killed" / "log.txt").read_text()
+    a = torch.load(tmp_path / "decomp_nerf" / "clean" / "stages" / "train" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "decomp_nerf" / "killed" / "stages" / "train" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    m_clean = json.loads((tmp_path / "decomp_nerf" / "clean" / "export" / "metrics.json").read_text())
+    assert m_clean == json.loads((tmp_path / "decomp_nerf" / "killed" / "export" / "metrics.json").read_text())
 
 
 def test_a_view_without_mask_is_one_line(tmp_path, scene):

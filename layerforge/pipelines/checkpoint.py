@@ -20,6 +20,7 @@ diverged loop stops with a clear message and leaves the last good checkpoint in 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ import torch
 
 from layerforge.assets.atomic import atomic_path, atomic_write_text
 from layerforge.errors import NonFiniteError
+
+log = logging.getLogger("layerforge")
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -189,6 +192,8 @@ class TrainingLoop:
         if start == 0:
             self._metrics_path.unlink(missing_ok=True)
         self.resumed_from = start
+        if start:
+            log.info("%s: resumed at step %d of %d from %s", self.desc or "loop", start, self.total, self.path)
         bar = self._progress(total=self.total, initial=start, desc=self.desc)
         try:
             for step in range(start, self.total):

@@ -78,17 +78,11 @@ def prepare(ctx: StageContext) -> None:
 
 
 def _model(ctx: StageContext, objects: dict[str, np.ndarray]):
-    from layerforge.models.fields import HashGridConfig
-    from layerforge.models.udc_nerf import UDCNeRF, UDCNeRFConfig
+    from layerforge.models.udc_nerf import UDCNeRF
 
     m: ModelConfig = ctx.typed("model")
-    boxes = tuple(zip(objects["lo"].tolist(), objects["hi"].tolist())) if m.confine_to_boxes else None
-    cfg = UDCNeRFConfig(objects=len(objects["names"]), object_boxes=boxes, encoding=m.encoding, xyz_frequencies=m.xyz_frequencies,
-                        dir_frequencies=m.dir_frequencies, hashgrid=HashGridConfig(**m.hashgrid), width=m.width,
-                        depth=m.depth, skips=tuple(m.skips), code_dim=m.code_dim, num_samples=m.num_samples,
-                        num_importance=m.num_importance, near=m.near, far=m.far,
-                        sigma_bias_init=m.sigma_bias_init)
-    return UDCNeRF(cfg).to(ctx.device)
+    boxes = tuple(zip(objects["lo"].tolist(), objects["hi"].tolist()))
+    return UDCNeRF(m.udc_config(len(objects["names"]), boxes)).to(ctx.device)
 
 
 # ---- train ------------------------------------------------------------------------------
@@ -181,6 +175,9 @@ def edit(ctx: StageContext) -> None:
     test = ctx.load("test_views")
     edited = render_views(model, test, chunk_rays=cfg.chunk_rays, edits=edits)
     np.save(out / "test_edited.npy", edited.rgb.cpu().numpy())
+    # opacity of everything but the background after the edits: 1 - prod_k (1 - alpha_k), k >= 1
+    objects_alpha = 1.0 - (1.0 - edited.extras["component_alpha"][..., 1:].clamp(0, 1)).prod(-1)
+    np.save(out / "test_edited_objects_alpha.npy", objects_alpha.cpu().numpy())
     for i, img in enumerate(edited.rgb.clamp(0, 1).cpu().numpy()):
         atomic_write_bytes(ctx.preview_path(f"edited_{test.names[i]}.png"), texture_to_png(img, srgb=True))
     # turntable round the scene centre at the training views' mean elevation and distance

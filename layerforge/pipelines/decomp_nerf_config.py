@@ -58,6 +58,19 @@ class ModelConfig:
         at_least("model.num_importance", self.num_importance, 0)
         require(0 <= self.near < self.far, "model.near", self.near, "a number in [0, model.far)")
 
+    def udc_config(self, objects: int, boxes: Any = None) -> Any:
+        """The :class:`~layerforge.models.udc_nerf.UDCNeRFConfig` of this section for K = ``objects``;
+        ``boxes`` (K ((lo), (hi)) boxes, optimisation frame) are used when ``confine_to_boxes``."""
+        from layerforge.models.fields import HashGridConfig
+        from layerforge.models.udc_nerf import UDCNeRFConfig
+
+        return UDCNeRFConfig(objects=objects, object_boxes=boxes if self.confine_to_boxes else None,
+                             encoding=self.encoding, xyz_frequencies=self.xyz_frequencies,
+                             dir_frequencies=self.dir_frequencies, hashgrid=HashGridConfig(**self.hashgrid),
+                             width=self.width, depth=self.depth, skips=tuple(self.skips), code_dim=self.code_dim,
+                             num_samples=self.num_samples, num_importance=self.num_importance, near=self.near,
+                             far=self.far, sigma_bias_init=self.sigma_bias_init)
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -103,7 +116,7 @@ class EditConfig:
 @dataclasses.dataclass
 class ExtractConfig:
     resolution: int = 64
-    density_threshold: float = 10.0  # 1/m: a 1 cm step through it absorbs ~10 % (ours)
+    density_threshold: float = 50.0  # per optimisation-frame unit (scene in the unit sphere); measured best 40-60 (ours)
 
     def __post_init__(self) -> None:
         at_least("extract.resolution", self.resolution, 8)
