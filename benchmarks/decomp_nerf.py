@@ -99,7 +99,7 @@ def _scene_data(scene: Path | None, device: torch.device):
 
 
 def time_to_psnr(pipeline: str, data, device: torch.device, budget_s: float, eval_every_s: float,
-                 target: float | None = None) -> dict:
+                 target: float | None = None, rays: int | None = None) -> dict:
     """Train ``pipeline``'s config on ``data`` with its own steps/lr schedule until ``target`` dB (held-out,
     sRGB) or ``budget_s`` seconds of training; returns the PSNR curve and the first time at the target."""
     from layerforge.assets.types import linear_to_srgb
@@ -113,7 +113,7 @@ def time_to_psnr(pipeline: str, data, device: torch.device, budget_s: float, eva
     terms = paper_terms()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     lr = PolyDecay(cfg.train.lr, cfg.train.steps, cfg.train.lr_exponent)
-    sampler = BalancedRayBatches(train, pseudo, cfg.train.rays_per_step, fg_fraction=cfg.train.fg_fraction,
+    sampler = BalancedRayBatches(train, pseudo, rays or cfg.train.rays_per_step, fg_fraction=cfg.train.fg_fraction,
                                  objects=len(boxes), device=device)
     g = torch.Generator().manual_seed(0)
     gt = linear_to_srgb(test.images)
@@ -145,7 +145,7 @@ def time_to_psnr(pipeline: str, data, device: torch.device, budget_s: float, eva
     best = max(v for _, _, v in curve)
     if target is None:  # the paper run: the time its best PSNR was first reached
         reached = next(t for _, t, v in curve if v >= best)
-    return {"config": pipeline, "device": device.type, "steps": step, "train_s": trained, "best_psnr": best,
+    return {"config": pipeline, "device": device.type, "rays": sampler.rays_per_step, "steps": step, "train_s": trained, "best_psnr": best,
             "target_psnr": target if target is not None else best, "s_to_target": reached, "curve": curve}
 
 
@@ -156,7 +156,10 @@ def main() -> None:
     ap.add_argument("--time-to-psnr", action="store_true", help="also measure wall time to the paper config's PSNR")
     ap.add_argument("--scene", type=Path, default=None, help="a nerfstudio folder with masks (default: the built-in scene)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="training seconds per config for --time-to-psnr")
-    ap.add_argument("--eval-every-s", type=float, default=15.0)
+    ap.add_argument("--eval-every-s", type=float, default=15.0, help="paper run: score the held-out views this often")
+    ap.add_argument("--fast-eval-every-s", type=float, default=2.0, help="fast run: score this often (finer: it is quick)")
+    ap.add_argument("--ttp-rays", type=int, default=None,
+                    help="rays per step of both runs (default: each config's own; the paper's 2048 is ~100 s a step on 2 CPU cores)")
     args = ap.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = [measure(p, d, args.rays, args.steps) for d in devices for p in ("decomp_nerf", "decomp_nerf_paper")]
@@ -171,15 +174,16 @@ def main() -> None:
     if not args.time_to_psnr:
         return
     print()
-    print("| config | device | steps | train s | best held-out PSNR (dB) | target (dB) | s to target |")
-    print("|---|---|---|---|---|---|---|")
+    print("| config | device | rays/step | steps | train s | best held-out PSNR (dB) | target (dB) | s to target |")
+    print("|---|---|---|---|---|---|---|---|")
     for d in devices:
         data = _scene_data(args.scene, d)
-        paper = time_to_psnr("decomp_nerf_paper", data, d, args.budget_s, args.eval_every_s)
-        fast = time_to_psnr("decomp_nerf", data, d, args.budget_s, args.eval_every_s, target=paper["best_psnr"])
+        paper = time_to_psnr("decomp_nerf_paper", data, d, args.budget_s, args.eval_every_s, rays=args.ttp_rays)
+        fast = time_to_psnr("decomp_nerf", data, d, args.budget_s, args.fast_eval_every_s, target=paper["best_psnr"],
+                            rays=args.ttp_rays)
         for r in (paper, fast):
             hit = "not reached" if r["s_to_target"] is None else f"{r['s_to_target']:.1f}"
-            print(f"| {r['config']} | {r['device']} | {r['steps']} | {r['train_s']:.1f} | {r['best_psnr']:.2f} | "
+            print(f"| {r['config']} | {r['device']} | {r['rays']} | {r['steps']} | {r['train_s']:.1f} | {r['best_psnr']:.2f} | "
                   f"{r['target_psnr']:.2f} | {hit} |")
         if fast["s_to_target"]:
             print(f"{d.type}: the fast config reaches the paper config's {paper['best_psnr']:.2f} dB "

@@ -108,6 +108,25 @@ def test_sigkill_during_train_then_resume_gives_the_same_model_and_metrics(tmp_p
     assert m_clean == json.loads((tmp_path / "decomp_nerf" / "killed" / "export" / "metrics.json").read_text())
 
 
+def test_without_depth_the_masks_visual_hull_gives_boxes_round_each_primitive(scene):
+    import trimesh
+
+    from layerforge.assets.nerfstudio_dataset import read_posed_views
+    from layerforge.models.scene_prep import normalising_frame, object_bounds
+    from layerforge.renderers.camera_set import CameraSet
+
+    data = read_posed_views(scene, require_masks=True)
+    views = CameraSet(data.train.cameras, data.train.images, data.train.masks, None, list(data.train.names))
+    frame = normalising_frame(views)
+    boxes = object_bounds(views, sorted(data.instances), frame)
+    for k, name in data.instances.items():
+        local = frame.inverse().apply(np.asarray(trimesh.load(scene / "gt" / f"{name}.ply").vertices))
+        lo, hi = boxes[k]
+        size = local.max(0) - local.min(0)
+        assert np.all(lo <= local.min(0)) and np.all(hi >= local.max(0)), (name, lo, hi, local.min(0), local.max(0))
+        assert np.all(hi - lo <= size + 0.8 * size.max()), (name, hi - lo, size)  # not the whole scene cube
+
+
 def test_a_view_without_mask_is_one_line(tmp_path, scene):
     broken = tmp_path / "scene"
     import shutil

@@ -4,7 +4,8 @@
   sphere) to the user's world, from the camera centres and, when depth is known, the observed
   surface points.
 - :func:`object_bounds`: each object's box in the optimisation frame, from its masked pixels'
-  depths (a padded box round the back-projected points), or the whole scene box without depth.
+  depths (a padded box round the back-projected points), or without depth from its visual
+  hull (:func:`visual_hull_points`, the masks alone).
 - :func:`object_masks`: per-view masks eroded and dilated as UDC-NeRF does before inpainting
   (its README: eroded with a 3x3 kernel, dilated with a 23x23 kernel).
 - :func:`pseudo_backgrounds`: every view with its objects inpainted away (UDC-NeRF's
@@ -27,6 +28,9 @@ KERNEL_REFERENCE_WIDTH = 640  # ... on ToyDesk / ScanNet frames 640 px wide
 BOUNDS_PAD = 0.25  # object boxes grow by this fraction of their size on every side (ours): depth sees
 # no underside, so a box of the observed points alone cuts off where an object meets the ground
 SCENE_RADIUS = 1.0  # the scene fits this sphere in the optimisation frame
+HULL_RESOLUTION = 64  # visual-hull grid samples per axis over the scene cube (without depth; ours)
+HULL_MIN_VIEWS = 0.5  # ... a hull point must be inside at least this share of the views' images
+HULL_OWN_SHARE = 0.5  # ... and on object k's pixels in this share of the views that see it on an object
 
 
 def surface_points(views: CameraSet, ids: int | None = None) -> Tensor:
@@ -58,17 +62,55 @@ def normalising_frame(views: CameraSet, radius: float = SCENE_RADIUS) -> SceneFr
     return SceneFrame(to_world)
 
 
+def visual_hull_points(views: CameraSet, k: int, frame: SceneFrame, resolution: int = HULL_RESOLUTION,
+                       radius: float = SCENE_RADIUS) -> np.ndarray:
+    """[P, 3] optimisation-frame grid points in object ``k``'s visual hull, from the masks alone.
+
+    A point of the scene cube is kept when at least :data:`HULL_MIN_VIEWS` of the views see it
+    (in front of the camera, inside the image), none of those sees the background (id 0)
+    there, and at least :data:`HULL_OWN_SHARE` of them see object ``k``: another object's
+    pixel may hide it in some views (occlusion), the background in none. Points of another
+    object's hull, or between objects, are seen on ``k`` in few views and dropped.
+    """
+    if views.masks is None:
+        return np.zeros((0, 3))
+    g = torch.linspace(-radius, radius, resolution, dtype=torch.float64)
+    local = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    world = torch.from_numpy(frame.apply(local.numpy())).float()
+    cams = views.cameras
+    keep = torch.ones(len(world), dtype=torch.bool)
+    on_k = torch.zeros(len(world), dtype=torch.long)
+    in_views = torch.zeros(len(world), dtype=torch.long)
+    for i in range(len(cams)):
+        w2c = cams.world_to_camera[i].float()
+        p = world @ w2c[:3, :3].T + w2c[:3, 3]
+        kk = cams.K[i].float()
+        z = p[:, 2].clamp_min(1e-9)
+        u = torch.floor(kk[0, 0] * p[:, 0] / z + kk[0, 2]).long()  # pixel i spans [i, i + 1)
+        v = torch.floor(kk[1, 1] * p[:, 1] / z + kk[1, 2]).long()
+        inside = (p[:, 2] > 0) & (u >= 0) & (u < cams.width) & (v >= 0) & (v < cams.height)
+        ids = torch.full((len(world),), -1, dtype=torch.long)
+        ids[inside] = views.masks[i].long()[v[inside], u[inside]]
+        keep &= ids != 0
+        on_k += (ids == k).long()
+        in_views += inside.long()
+    keep &= (in_views >= HULL_MIN_VIEWS * len(cams)) & (on_k >= HULL_OWN_SHARE * in_views) & (on_k > 0)
+    return local[keep].numpy()
+
+
 def object_bounds(views: CameraSet, objects: list[int], frame: SceneFrame, pad: float = BOUNDS_PAD,
                   radius: float = SCENE_RADIUS) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per object id, its (lo [3], hi [3]) box in the optimisation frame; the scene cube without depth."""
+    """Per object id, its (lo [3], hi [3]) box in the optimisation frame: round its masked pixels'
+    depths (back-projected), or without depth round its visual hull from the masks; the scene
+    cube when neither finds a point."""
     out = {}
     to_local = frame.inverse()
     for k in objects:
         pts = surface_points(views, k)
-        if len(pts) == 0:
+        local = to_local.apply(pts.double().numpy()) if len(pts) else visual_hull_points(views, k, frame, radius=radius)
+        if len(local) == 0:
             out[k] = (np.full(3, -radius), np.full(3, radius))
             continue
-        local = to_local.apply(pts.double().numpy())
         lo, hi = local.min(0), local.max(0)
         grow = pad * (hi - lo).max()
         out[k] = (np.maximum(lo - grow, -radius), np.minimum(hi + grow, radius))
