@@ -50,6 +50,12 @@ def test_smoke_run_delivers_every_stage_in_the_users_world(tmp_path, scene):
     assert {"psnr", "ssim", "miou", "background_psnr_in_object_masks"} <= set(metrics)
     assert all(np.isfinite(metrics[k]) for k in ("psnr", "ssim", "miou"))
     assert (run / "previews" / "turntable.gif").is_file() and list((run / "previews").glob("edited_*.png"))
+    from PIL import Image
+
+    strips = sorted((run / "previews").glob("compare_*.png"))
+    assert len(strips) == 3  # one per held-out view: ground truth | ours | per-object alpha | edited
+    strip = np.asarray(Image.open(strips[0]))
+    assert strip.shape[1] == 4 * strip.shape[0] * 32 // 24 and strip.shape[0] >= 24
     from layerforge.assets.gltf import read_gltf
 
     asset = read_gltf(run / "export" / "scene.glb")

@@ -10,8 +10,9 @@
     edit     -> remove / move / rotate / duplicate objects, rendered from the test cameras and
                 as a turntable (PNG frames + GIF)
     extract  -> one mesh per object (and the background) by marching cubes of its density
-    export   -> GLB, OBJ, USD (a shown/hidden variant per object), .blend, metrics.json, previews,
-                in the user's world frame and units
+    export   -> GLB, OBJ, USD (a shown/hidden variant per object), .blend, metrics.json, in the
+                user's world frame and units; previews/compare_<view>.png (ground truth | ours |
+                per-object alpha | edited)
 
 The math lives in :mod:`layerforge.models.udc_nerf`, :mod:`layerforge.models.scene_prep`,
 :mod:`layerforge.models.fields.extract`; this module only wires stages.
@@ -138,6 +139,8 @@ def evaluate(ctx: StageContext) -> None:
         metrics[f"psnr_{name}"] = psnr(pred, gt, ids == k)
         metrics[f"iou_{name}"] = mask_iou(seg == k, ids == k)
     atomic_write_json(ctx.output("metrics", ".json"), metrics)
+    ctx.save("test_renders", {"rgb": out.rgb.clamp(0, 1).cpu().numpy(),
+                              "component_alpha": out.extras["component_alpha"].clamp(0, 1).cpu().numpy()})
     ctx.record(**metrics)
 
 
@@ -247,9 +250,32 @@ def export(ctx: StageContext) -> None:
             export_asset(LayeredAsset(part.name, [part]), staged / "objects", part.name, formats=("obj",))
     metrics = json.loads(ctx.input("metrics").read_text())
     atomic_write_json(staged / "metrics.json", metrics)
+    _comparison_previews(ctx, cfg.preview_size)
     SceneFrame().save(staged / SCENE_FRAME_FILE)  # deliverables are in the user's world: identity
     ctx.publish(staged)
 
+
+def _comparison_previews(ctx: StageContext, height: int) -> None:
+    """previews/compare_<view>.png per held-out view: ground truth | ours | per-object alpha | edited."""
+    from layerforge.assets.atomic import atomic_write_bytes
+    from layerforge.assets.types import texture_to_png
+
+    test = ctx.load("test_views")
+    renders = ctx.load("test_renders")
+    edited = np.load(ctx.input("renders") / "test_edited.npy")
+    alpha = renders["component_alpha"][..., 1:]  # [B, H, W, K]
+    palette = np.array([OBJECT_PALETTE[k % len(OBJECT_PALETTE)] for k in range(alpha.shape[-1])], np.float32)
+    objects = np.clip((alpha[..., None] * palette).sum(-2), 0, 1)  # each object in its colour, by its alpha
+    scale = max(1, round(height / test.cameras.height))
+    for i, name in enumerate(test.names):
+        strip = np.concatenate([test.images[i].numpy(), renders["rgb"][i], objects[i], np.clip(edited[i], 0, 1)], 1)
+        strip = strip.repeat(scale, 0).repeat(scale, 1)  # nearest: the pixels the metrics saw
+        atomic_write_bytes(ctx.preview_path(f"compare_{name}.png"), texture_to_png(strip, srgb=True))
+
+
+# linear RGB of object k's alpha in the comparison previews (saturated, distinct hues; ours)
+OBJECT_PALETTE = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.9, 0.7, 0.0), (0.7, 0.1, 0.8),
+                  (0.0, 0.7, 0.7), (0.9, 0.4, 0.0), (0.4, 0.4, 0.4))
 
 _CONFIGS = {"model": ModelConfig}
 STAGES = {
@@ -259,7 +285,7 @@ STAGES = {
                    config_keys=("model", "train"), schemas={**_CONFIGS, "train": TrainConfig},
                    description="fit UDC-NeRF (scene + per-object components)"),
     "evaluate": Stage("evaluate", evaluate, needs=("model", "objects", "test_views", "pseudo_background"),
-                      makes=("metrics",), config_keys=("model", "evaluate"), schemas={**_CONFIGS, "evaluate": EvaluateConfig},
+                      makes=("metrics", "test_renders"), config_keys=("model", "evaluate"), schemas={**_CONFIGS, "evaluate": EvaluateConfig},
                       description="PSNR, SSIM, mIoU on held-out views"),
     "edit": Stage("edit", edit, needs=("model", "objects", "frame", "views", "test_views"), makes=("renders",),
                   config_keys=("model", "edit"), schemas={**_CONFIGS, "edit": EditConfig},
@@ -267,6 +293,7 @@ STAGES = {
     "extract": Stage("extract", extract, needs=("model", "objects", "frame"), makes=("meshes",),
                      config_keys=("model", "extract"), schemas={**_CONFIGS, "extract": ExtractConfig},
                      description="one mesh per object by marching cubes"),
-    "export": Stage("export", export, needs=("meshes", "metrics"), config_keys=("export",),
+    "export": Stage("export", export, needs=("meshes", "metrics", "test_views", "test_renders", "renders"),
+                    config_keys=("export",),
                     schemas={"export": ExportConfig}, description="GLB/OBJ/USD/.blend + metrics"),
 }
