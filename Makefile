@@ -71,11 +71,13 @@ gpu-check:
 
 # The pure-Python wheels (versions from the lock) that a GPU machine's own Python 3.12 lacks,
 # for the imports of layerforge.renderers, layerforge.models.guidance and the benchmarks
-# (about 14 MiB; carry build/gpu_wheels with the tree). antlr4 4.9.3 has no wheel on PyPI: built.
+# (about 14 MiB; carry build/gpu_wheels with the tree), and the built-in decomp_nerf scene
+# prepared for benchmarks/decomp_nerf.py (data/decomp_nerf.pt: the GPU machine has no Blender/OpenCV). antlr4 4.9.3 has no wheel on PyPI: built.
 GPU_WHEEL_PKGS := gsplat diffusers omegaconf hydra-core trimesh plyfile
-gpu-wheels:
+gpu-wheels: $(STAMP)
 	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
 	$(GPU_PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d $(GPU_WHEELS) \
 	  $$(for p in $(GPU_WHEEL_PKGS); do grep -i -m1 "^$$p==" $(LOCK) || echo "$$p==not-in-$(LOCK)"; done)
 	$(GPU_PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) $$(grep -i -m1 '^antlr4-python3-runtime==' $(LOCK))
-	@ls $(GPU_WHEELS) && du -ch $(GPU_WHEELS)/*.whl | tail -1
+	$(PY) benchmarks/decomp_nerf.py --save-data $(GPU_WHEELS)/data/decomp_nerf.pt
+	@ls $(GPU_WHEELS) && du -ch $(GPU_WHEELS)/*.whl $(GPU_WHEELS)/data/* | tail -1

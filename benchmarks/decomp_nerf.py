@@ -155,13 +155,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--time-to-psnr", action="store_true", help="also measure wall time to the paper config's PSNR")
     ap.add_argument("--scene", type=Path, default=None, help="a nerfstudio folder with masks (default: the built-in scene)")
+    ap.add_argument("--save-data", type=Path, default=None,
+                    help="prepare the scene's views, pseudo-backgrounds and boxes, save them here and exit "
+                         "(make gpu-wheels: a GPU machine has neither Blender nor OpenCV)")
+    ap.add_argument("--data", type=Path, default=None, help="prepared data from --save-data instead of --scene")
+    ap.add_argument("--no-cpu", action="store_true", help="leave out the CPU rows")
     ap.add_argument("--budget-s", type=float, default=300.0, help="training seconds per config for --time-to-psnr")
     ap.add_argument("--eval-every-s", type=float, default=15.0, help="paper run: score the held-out views this often")
     ap.add_argument("--fast-eval-every-s", type=float, default=2.0, help="fast run: score this often (finer: it is quick)")
     ap.add_argument("--ttp-rays", type=int, default=None,
                     help="rays per step of both runs (default: each config's own; the paper's 2048 is ~100 s a step on 2 CPU cores)")
     args = ap.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.save_data is not None:
+        args.save_data.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_scene_data(args.scene, torch.device("cpu")), args.save_data)
+        print(f"wrote {args.save_data} ({args.save_data.stat().st_size / 2**20:.1f} MiB)")
+        return
+    devices = ([] if args.no_cpu else [torch.device("cpu")]) + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if not devices:
+        raise SystemExit("no device to measure: --no-cpu and no CUDA device visible")
     rows = [measure(p, d, args.rays, args.steps) for d in devices for p in ("decomp_nerf", "decomp_nerf_paper")]
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
@@ -177,7 +189,7 @@ def main() -> None:
     print("| config | device | rays/step | steps | train s | best held-out PSNR (dB) | target (dB) | s to target |")
     print("|---|---|---|---|---|---|---|---|")
     for d in devices:
-        data = _scene_data(args.scene, d)
+        data = torch.load(args.data, weights_only=False) if args.data else _scene_data(args.scene, d)
         paper = time_to_psnr("decomp_nerf_paper", data, d, args.budget_s, args.eval_every_s, rays=args.ttp_rays)
         fast = time_to_psnr("decomp_nerf", data, d, args.budget_s, args.fast_eval_every_s, target=paper["best_psnr"],
                             rays=args.ttp_rays)

@@ -46,12 +46,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_RE = re.compile(r"^## GPU rows \((?P<device>.+), (?P<date>\d{4}-\d{2}-\d{2})\)[ \t]*$")
-STEP_NAMES = ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance")
+STEP_NAMES = ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance", "bench-decomp-nerf")
 WHEEL_BUDGET_MIB = 48  # the tree carried to a GPU machine is capped at 64 MiB in all
 
 # (module[:names it must provide], what needs it, the GPU steps that cannot run without it)
 DEPENDENCIES: list[tuple[str, str, tuple[str, ...]]] = [
-    ("torch", "everything", ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance")),
+    ("torch", "everything", ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance",
+                             "bench-decomp-nerf")),
     ("numpy", "diffusers, gsplat, tests", ()),
     ("pytest", "the GPU tests", ("tests",)),
     ("pytest_timeout", "pyproject's --timeout option (dropped when missing)", ()),
@@ -525,6 +526,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=480.0, help="time limit of the whole run (default 480)")
     ap.add_argument("--repeats", type=int, default=20, help="renderer benchmark: timed calls per row")
     ap.add_argument("--gpu-steps", type=int, default=20, help="guidance benchmark: timed SDS steps per row")
+    ap.add_argument("--decomp-budget-s", type=int, default=90, help="UDC-NeRF benchmark: paper-config training seconds")
     ap.add_argument("--arch-list", default="auto",
                     help="TORCH_CUDA_ARCH_LIST for the builds; auto = the visible device's capability")
     ap.add_argument("--skip", nargs="+", default=[], metavar="STEP", choices=STEP_NAMES,
@@ -614,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                f"TORCH_EXTENSIONS_DIR={env['TORCH_EXTENSIONS_DIR']}"]
     results: list[StepResult] = [imports]
     tables = [("bench-renderers", "Renderers (`benchmarks/renderers.py`)"),
-              ("bench-guidance", "Guidance (`benchmarks/guidance.py`)")]
+              ("bench-guidance", "Guidance (`benchmarks/guidance.py`)"),
+              ("bench-decomp-nerf", "UDC-NeRF training step and time to PSNR (`benchmarks/decomp_nerf.py`)")]
     log_dir = args.log_dir
 
     def record() -> None:
@@ -672,6 +675,13 @@ def main(argv: list[str] | None = None) -> int:
     gargv = [py, "benchmarks/guidance.py", "--no-cpu", "--markdown", "--gpu-steps", str(args.gpu_steps)]
     bench_g = Step("bench-guidance", "benchmark: guidance", gargv, 300, skip_reason("bench-guidance"))
     results += run_steps([bench_g], env, log_dir, deadline)
+    record()
+    data = args.wheels / "data" / "decomp_nerf.pt"  # the built-in scene, prepared by make gpu-wheels
+    dargv = [py, "benchmarks/decomp_nerf.py", "--no-cpu", "--steps", "10", "--time-to-psnr", "--data", str(data),
+             "--budget-s", str(args.decomp_budget_s), "--eval-every-s", "5", "--fast-eval-every-s", "0.5"]
+    bench_d = Step("bench-decomp-nerf", "benchmark: UDC-NeRF", dargv, 2 * args.decomp_budget_s + 120,
+                   skip_reason("bench-decomp-nerf") or (None if data.is_file() else f"{data} missing (make gpu-wheels)"))
+    results += run_steps([bench_d], env, log_dir, deadline)
     record()
 
     section = build_section(dev["name"], date, context, results, tables)
