@@ -48,6 +48,22 @@ def _batch(rays: int, objects: int, device: torch.device, g: torch.Generator) ->
             "instance": instance.to(device), "pseudo_background": torch.rand(rays, 3, generator=g).to(device), "seed": 0}
 
 
+def _timed_step(model: UDCNeRF, terms: list, opt: torch.optim.Optimizer, batch: dict, step: int,
+                device: torch.device) -> float:
+    """One training step (forward of every term, backward, Adam); its wall seconds (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    info = {"log": {}}
+    loss = sum(t.weight * t(model, batch, step, info) for t in terms)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def measure(pipeline: str, device: torch.device, rays: int, steps: int, objects: int = 3) -> dict:
     torch.manual_seed(0)
     model = UDCNeRF(_model_cfg(pipeline, objects)).to(device)
@@ -56,19 +72,9 @@ def measure(pipeline: str, device: torch.device, rays: int, steps: int, objects:
     g = torch.Generator().manual_seed(0)
     times = []
     for i in range(steps + 1):  # the first step warms up (allocations, kernels)
-        batch = _batch(rays, objects, device, g)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        info = {"log": {}}
-        loss = sum(t.weight * t(model, batch, i, info) for t in terms)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        seconds = _timed_step(model, terms, opt, _batch(rays, objects, device, g), i, device)
         if i:
-            times.append(time.perf_counter() - t0)
+            times.append(seconds)
     s = statistics.median(times)
     cfg = model.cfg
     return {"config": pipeline, "device": device.type, "encoding": cfg.encoding, "width x depth": f"{cfg.width}x{cfg.depth}",
@@ -119,20 +125,9 @@ def time_to_psnr(pipeline: str, data, device: torch.device, budget_s: float, eva
     gt = linear_to_srgb(test.images)
     curve, trained, step, next_eval, reached = [], 0.0, 0, eval_every_s, None
     while trained < budget_s and step < cfg.train.steps:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr(step)
-        batch = sampler.sample(step, g)
-        info = {"log": {}}
-        loss = sum(t.weight * t(model, batch, step, info) for t in terms)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        trained += time.perf_counter() - t0
+        trained += _timed_step(model, terms, opt, sampler.sample(step, g), step, device)
         step += 1
         if trained >= next_eval or trained >= budget_s or step == cfg.train.steps:
             pred = linear_to_srgb(render_views(model, test).rgb.clamp(0, 1).cpu())
