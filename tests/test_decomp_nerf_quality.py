@@ -75,7 +75,7 @@ def test_held_out_views(fitted):
     for name in ("box", "sphere", "cylinder"):
         assert m[f"iou_{name}"] > 0.7, (name, m)
         assert m[f"psnr_{name}"] > 13.5, (name, m)
-    assert m["ssim"] > 0.6 and m["background_psnr_in_object_masks"] > 20.0, m
+    assert m["ssim"] > 0.7 and m["background_psnr_in_object_masks"] > 16.0, m
 
 
 @pytest.mark.slow
