@@ -45,6 +45,9 @@ TURNTABLE_FRAME_MS = 80  # 12.5 frames per second
 # marching cubes runs on the object's box grown by this many voxels a side, so a density
 # confined to the box (model.confine_to_boxes) still closes into a surface at the box faces
 EXTRACT_MARGIN_VOXELS = 2
+# linear RGB of object k's alpha in the comparison previews (saturated, distinct hues; ours)
+OBJECT_PALETTE = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.9, 0.7, 0.0), (0.7, 0.1, 0.8),
+                  (0.0, 0.7, 0.7), (0.9, 0.4, 0.0), (0.4, 0.4, 0.4))
 
 
 # ---- prepare ----------------------------------------------------------------------------
@@ -272,10 +275,6 @@ def _comparison_previews(ctx: StageContext, height: int) -> None:
         strip = strip.repeat(scale, 0).repeat(scale, 1)  # nearest: the pixels the metrics saw
         atomic_write_bytes(ctx.preview_path(f"compare_{name}.png"), texture_to_png(strip, srgb=True))
 
-
-# linear RGB of object k's alpha in the comparison previews (saturated, distinct hues; ours)
-OBJECT_PALETTE = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.9, 0.7, 0.0), (0.7, 0.1, 0.8),
-                  (0.0, 0.7, 0.7), (0.9, 0.4, 0.0), (0.4, 0.4, 0.4))
 
 _CONFIGS = {"model": ModelConfig}
 STAGES = {
