@@ -36,3 +36,48 @@ __all__ = [
     "SMOOTH_KERNEL_SIZE", "SMOOTH_SIGMA", "RENDER_MAX",
     "SDS_VIS_THRESHOLD", "SDS_VIS_REGION_MAX", "SDS_NONE_VIS_REGION_MAX", "TEXTURE_VIS_THRESHOLD",
 ]
+
+# Stage-1 reconstruction losses (:mod:`.losses`: MonoSDF / ObjectSDF++ terms at DP-Recon's weights).
+from .losses import (  # noqa: E402
+    BG_GRADIENT_SCALES,
+    BG_PATCH_SIZE,
+    BG_RENDER_EVERY,
+    DEPTH_GRADIENT_ALPHA,
+    DEPTH_GRADIENT_SCALES,
+    DEPTH_ROW_WIDTH,
+    DEPTH_TARGET_SCALE,
+    DEPTH_TARGET_SHIFT,
+    OBJECT_VIOLATION_START,
+    OPACITY_CLAMP,
+    PAPER_WEIGHTS,
+    SCANNETPP_WEIGHTS,
+    SMOOTH_NORMAL_EPS,
+    SMOOTH_OFFSET,
+    BackgroundRegLoss,
+    DepthLoss,
+    DPEikonalLoss,
+    NormalCosineLoss,
+    NormalL1Loss,
+    ObjectViolationLoss,
+    RGBL1Loss,
+    SemanticLoss,
+    SmoothnessLoss,
+    dp_render,
+    foreground_mask,
+    multiscale_gradient_error,
+    normal_l1_cos,
+    object_violation,
+    paper_terms,
+    scale_shift_invariant_depth,
+    smoothness_residuals,
+)
+
+__all__ += [
+    "RGBL1Loss", "DPEikonalLoss", "SmoothnessLoss", "DepthLoss", "NormalL1Loss", "NormalCosineLoss",
+    "SemanticLoss", "ObjectViolationLoss", "BackgroundRegLoss", "paper_terms", "dp_render", "foreground_mask",
+    "scale_shift_invariant_depth", "normal_l1_cos", "smoothness_residuals", "object_violation",
+    "multiscale_gradient_error", "PAPER_WEIGHTS", "SCANNETPP_WEIGHTS", "OBJECT_VIOLATION_START",
+    "DEPTH_TARGET_SCALE", "DEPTH_TARGET_SHIFT", "DEPTH_GRADIENT_ALPHA", "DEPTH_GRADIENT_SCALES",
+    "DEPTH_ROW_WIDTH", "SMOOTH_OFFSET", "SMOOTH_NORMAL_EPS", "OPACITY_CLAMP", "BG_PATCH_SIZE",
+    "BG_GRADIENT_SCALES", "BG_RENDER_EVERY",
+]
