@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from layerforge.models.dp_recon import (
-    SDS_NONE_VIS_REGION_MAX,
-    SDS_VIS_REGION_MAX,
     SMOOTH_KERNEL_SIZE,
     SMOOTH_SIGMA,
     TEXTURE_VIS_THRESHOLD,
@@ -19,9 +17,10 @@ from layerforge.models.dp_recon import (
     VISGRID_RESOLUTION,
     VisibilityGrid,
     gaussian_kernel_3d,
-    sds_pixel_weight,
     texture_sds_mask,
 )
+from layerforge.models.guidance import visibility_weight_map
+from layerforge.models.guidance.sds import SDS_NONE_VIS_REGION_MAX, SDS_VIS_REGION_MAX
 
 
 def _grid5() -> VisibilityGrid:
@@ -51,24 +50,24 @@ def test_paper_constants():
 def test_sds_weight_hand_values():
     v = torch.tensor([0.0, 0.25, 0.49, 0.5, 0.75, 1.0])
     expected = torch.tensor([20.0, 10.5, 1.38, 0.1, 0.05, 0.0])
-    torch.testing.assert_close(sds_pixel_weight(v), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(visibility_weight_map(v), expected, atol=1e-5, rtol=0)
     v64 = torch.tensor([0.0, 0.25, 0.49, 0.5, 0.75, 1.0], dtype=torch.float64)
-    out64 = sds_pixel_weight(v64)
+    out64 = visibility_weight_map(v64)
     assert out64.dtype == torch.float64
     expected64 = torch.tensor([20.0, 10.5, 1.38, 0.1, 0.05, 0.0], dtype=torch.float64)
     torch.testing.assert_close(out64, expected64, atol=1e-12, rtol=0)
 
 
 def test_sds_weight_discontinuous_at_half_and_linear_within_branches():
-    below = sds_pixel_weight(torch.tensor(0.5 - 1e-7, dtype=torch.float64))
-    at = sds_pixel_weight(torch.tensor(0.5, dtype=torch.float64))
-    above = sds_pixel_weight(torch.tensor(0.5 + 1e-7, dtype=torch.float64))
+    below = visibility_weight_map(torch.tensor(0.5 - 1e-7, dtype=torch.float64))
+    at = visibility_weight_map(torch.tensor(0.5, dtype=torch.float64))
+    above = visibility_weight_map(torch.tensor(0.5 + 1e-7, dtype=torch.float64))
     assert float(below) == pytest.approx(1.0, abs=1e-5)  # 20 - 38 * 0.5 = 1 from below
     assert float(at) == pytest.approx(0.1, abs=1e-12)  # the visible branch includes 0.5
     assert float(above) == pytest.approx(0.1, abs=1e-6)  # continuous from above
     # slopes: -38 on [0, 0.5), -0.2 on [0.5, 1]
     v = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=torch.float64)
-    w = sds_pixel_weight(v)
+    w = visibility_weight_map(v)
     assert float((w[1] - w[0]) / 0.2) == pytest.approx(-38.0)
     assert float((w[3] - w[2]) / 0.3) == pytest.approx(-0.2)
 

@@ -69,6 +69,34 @@ class LossTerm(Protocol):
     def __call__(self, representation: torch.nn.Module, batch: Any, step: int, info: dict[str, Any]) -> Tensor: ...
 
 
+class PaperTerm:
+    """Base of a method's loss terms: ``name`` (default the paper's key), ``weight`` (default the
+    paper's, from the subclass's ``paper_weights``); ``__call__`` logs the unweighted value.
+
+    Subclasses set ``key`` and ``paper_weights`` and implement ``loss(model, batch, step, info)``.
+    """
+
+    key: str
+    paper_weights: Mapping[str, ScheduleValue]
+
+    def __init__(self, weight: ScheduleValue | None = None, name: str | None = None) -> None:
+        self.name = name or self.key
+        self.weight = self.paper_weights[self.key] if weight is None else weight
+
+    def __call__(self, model: torch.nn.Module, batch: Any, step: int, info: dict[str, Any]) -> Tensor:
+        value = self.loss(model, batch, step, info)
+        log_value(info, self.name, value)
+        return value
+
+    def loss(self, model: torch.nn.Module, batch: Any, step: int, info: dict[str, Any]) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def log_value(info: dict[str, Any], name: str, value: Tensor) -> None:
+    """Record a term's unweighted value as a float in ``info["log"]``."""
+    info.setdefault("log", {})[name] = float(value.detach())
+
+
 class Sampler(Protocol):
     """Draws the batch of a step from ``generator`` (a CPU ``torch.Generator``, checkpointed)."""
 

@@ -3,42 +3,13 @@ DP-Recon/DP-Recon): building blocks of the ``dp_recon`` pipeline.
 
 - :mod:`.visibility`: :class:`VisibilityGrid` (dense max-transmittance grid from the input
   views: the authors' learned hinge fit, an exact scatter-max alternative, 5^3 Gaussian
-  smoothing, trilinear query, compositing along rays), :func:`sds_pixel_weight` (geometry
-  stage) and :func:`texture_sds_mask` (texture stage).
+  smoothing, trilinear query, compositing along rays) and :func:`texture_sds_mask` (texture
+  stage); the geometry stage's per-pixel SDS weight is
+  :func:`layerforge.models.guidance.visibility_weight_map`.
+- :mod:`.losses`: the stage-1 reconstruction terms (MonoSDF / ObjectSDF++ at DP-Recon's weights).
 """
 
-from .visibility import (
-    RENDER_MAX,
-    SDS_NONE_VIS_REGION_MAX,
-    SDS_VIS_REGION_MAX,
-    SDS_VIS_THRESHOLD,
-    SMOOTH_KERNEL_SIZE,
-    SMOOTH_SIGMA,
-    TEXTURE_VIS_THRESHOLD,
-    VISGRID_ADAM_BETAS,
-    VISGRID_ADAM_EPS,
-    VISGRID_FILL,
-    VISGRID_HALF_EXTENT,
-    VISGRID_INIT_ITER,
-    VISGRID_LR,
-    VISGRID_OPTIM_PASSES,
-    VISGRID_RESOLUTION,
-    VisibilityGrid,
-    gaussian_kernel_3d,
-    sds_pixel_weight,
-    texture_sds_mask,
-)
-
-__all__ = [
-    "VisibilityGrid", "gaussian_kernel_3d", "sds_pixel_weight", "texture_sds_mask",
-    "VISGRID_RESOLUTION", "VISGRID_HALF_EXTENT", "VISGRID_FILL", "VISGRID_INIT_ITER",
-    "VISGRID_OPTIM_PASSES", "VISGRID_LR", "VISGRID_ADAM_BETAS", "VISGRID_ADAM_EPS",
-    "SMOOTH_KERNEL_SIZE", "SMOOTH_SIGMA", "RENDER_MAX",
-    "SDS_VIS_THRESHOLD", "SDS_VIS_REGION_MAX", "SDS_NONE_VIS_REGION_MAX", "TEXTURE_VIS_THRESHOLD",
-]
-
-# Stage-1 reconstruction losses (:mod:`.losses`: MonoSDF / ObjectSDF++ terms at DP-Recon's weights).
-from .losses import (  # noqa: E402
+from .losses import (
     BG_GRADIENT_SCALES,
     BG_PATCH_SIZE,
     BG_RENDER_EVERY,
@@ -71,6 +42,31 @@ from .losses import (  # noqa: E402
     scale_shift_invariant_depth,
     smoothness_residuals,
 )
+from .visibility import (
+    RENDER_MAX,
+    SMOOTH_KERNEL_SIZE,
+    SMOOTH_SIGMA,
+    TEXTURE_VIS_THRESHOLD,
+    VISGRID_ADAM_BETAS,
+    VISGRID_ADAM_EPS,
+    VISGRID_FILL,
+    VISGRID_HALF_EXTENT,
+    VISGRID_INIT_ITER,
+    VISGRID_LR,
+    VISGRID_OPTIM_PASSES,
+    VISGRID_RESOLUTION,
+    VisibilityGrid,
+    gaussian_kernel_3d,
+    texture_sds_mask,
+)
+
+__all__ = [
+    "VisibilityGrid", "gaussian_kernel_3d", "texture_sds_mask",
+    "VISGRID_RESOLUTION", "VISGRID_HALF_EXTENT", "VISGRID_FILL", "VISGRID_INIT_ITER",
+    "VISGRID_OPTIM_PASSES", "VISGRID_LR", "VISGRID_ADAM_BETAS", "VISGRID_ADAM_EPS",
+    "SMOOTH_KERNEL_SIZE", "SMOOTH_SIGMA", "RENDER_MAX",
+    "TEXTURE_VIS_THRESHOLD",
+]
 
 __all__ += [
     "RGBL1Loss", "DPEikonalLoss", "SmoothnessLoss", "DepthLoss", "NormalL1Loss", "NormalCosineLoss",

@@ -64,7 +64,7 @@ from torch import Tensor
 from layerforge.models.fields.base import Field, FieldOutput
 from layerforge.models.fields.losses import EikonalLoss
 from layerforge.models.fields.render import SamplerConfig, render_rays
-from layerforge.models.optimisation import batch_generator
+from layerforge.models.optimisation import PaperTerm, batch_generator, log_value
 from layerforge.models.schedules import ScheduleValue
 from layerforge.renderers.volume import midpoints
 
@@ -189,10 +189,6 @@ def _camera_z(render: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
     return render["distance"][:, 0] * cos
 
 
-def _log(info: dict[str, Any], name: str, value: Tensor) -> None:
-    info.setdefault("log", {})[name] = float(value.detach())
-
-
 # --------------------------------------------------------------------------- the math
 
 
@@ -312,22 +308,10 @@ def _eikonal_points(field: Field, batch: dict[str, Any], info: dict[str, Any], c
 # --------------------------------------------------------------------------- the terms
 
 
-class _Term:
-    """Base: ``name`` (default the paper key), ``weight`` (default the paper's); logs its unweighted value."""
+class _Term(PaperTerm):
+    """A DP-Recon term (weights: :data:`PAPER_WEIGHTS`)."""
 
-    key: str
-
-    def __init__(self, weight: ScheduleValue | None = None, name: str | None = None) -> None:
-        self.name = name or self.key
-        self.weight = PAPER_WEIGHTS[self.key] if weight is None else weight
-
-    def __call__(self, field: Field, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
-        value = self.loss(field, batch, step, info)
-        _log(info, self.name, value)
-        return value
-
-    def loss(self, field: Field, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    paper_weights = PAPER_WEIGHTS
 
 
 class _RenderTerm(_Term):
@@ -364,7 +348,7 @@ class DPEikonalLoss(EikonalLoss):
 
     def __call__(self, field: Any, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         value = super().__call__(field, batch, step, info)
-        _log(info, self.name, value)
+        log_value(info, self.name, value)
         return value
 
 

@@ -72,12 +72,7 @@ SMOOTH_SIGMA = 0.5
 # Rendered visibility is clamped to at most this: vis_map[vis_map > 1.0] = 1.0,
 # code/threestudio/models/renderers/neus_volume_renderer.py.
 RENDER_MAX = 1.0
-# Geometry-stage SDS weighting, code/threestudio/models/guidance/stable_diffusion_guidance.py
-# (compute_grad_sds) with code/geometry.yaml: threshold 0.5, visible weights in [0, 0.1],
-# non-visible weights in [1, 20].
-SDS_VIS_THRESHOLD = 0.5
-SDS_VIS_REGION_MAX = 0.1
-SDS_NONE_VIS_REGION_MAX = 20.0
+# The geometry-stage per-pixel SDS weight is layerforge.models.guidance.visibility_weight_map.
 # Texture-stage RGB SDS: zero where visibility >= 0.3, code/texture.yaml color_vis_thresh.
 TEXTURE_VIS_THRESHOLD = 0.3
 
@@ -263,25 +258,6 @@ class VisibilityGrid(nn.Module):
         self.values.data.copy_(out[0, 0])
 
 
-def sds_pixel_weight(v: Tensor) -> Tensor:
-    """Geometry-stage visibility-guided SDS weight per pixel.
-
-    ``v >= 0.5``: ``0.1 (1 - (v - 0.5) / 0.5)`` (0.1 at v = 0.5 down to 0 at v = 1);
-    ``v < 0.5``: ``20 - 38 v`` (20 at v = 0 down to 1 as v -> 0.5). Discontinuous at 0.5
-    (1 from below, 0.1 at and above). No clamping: ``v`` is expected in [0, 1]
-    (:meth:`VisibilityGrid.render` clamps it).
-
-    Args:
-        v: [...] rendered visibility (unitless).
-
-    Returns:
-        [...] weights, same dtype and device.
-    """
-    visible = SDS_VIS_REGION_MAX - (v - SDS_VIS_THRESHOLD) / 0.5 * SDS_VIS_REGION_MAX
-    hidden = SDS_NONE_VIS_REGION_MAX - v * 2.0 * (SDS_NONE_VIS_REGION_MAX - 1.0)
-    return torch.where(v >= SDS_VIS_THRESHOLD, visible, hidden)
-
-
 def texture_sds_mask(v: Tensor, threshold: float = TEXTURE_VIS_THRESHOLD) -> Tensor:
     """Texture-stage RGB SDS weight: 1 where ``v < threshold``, 0 where ``v >= threshold``.
 
@@ -299,7 +275,6 @@ def texture_sds_mask(v: Tensor, threshold: float = TEXTURE_VIS_THRESHOLD) -> Ten
 __all__ = [
     "VisibilityGrid",
     "gaussian_kernel_3d",
-    "sds_pixel_weight",
     "texture_sds_mask",
     "VISGRID_RESOLUTION",
     "VISGRID_HALF_EXTENT",
@@ -312,8 +287,5 @@ __all__ = [
     "SMOOTH_KERNEL_SIZE",
     "SMOOTH_SIGMA",
     "RENDER_MAX",
-    "SDS_VIS_THRESHOLD",
-    "SDS_VIS_REGION_MAX",
-    "SDS_NONE_VIS_REGION_MAX",
     "TEXTURE_VIS_THRESHOLD",
 ]

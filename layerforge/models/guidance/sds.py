@@ -33,7 +33,11 @@ import torch.nn.functional as F
 
 from layerforge.assets.types import linear_to_srgb, srgb_to_linear
 from layerforge.errors import ConfigError, NonFiniteError
-from layerforge.models.guidance.loading import LoadOptions, config_from_mapping, load_pipeline
+from layerforge.models.guidance.loading import (
+    LoadOptions,
+    config_from_mapping,
+    load_pipeline,
+)
 from layerforge.models.schedules import ScheduleValue, schedule_value, validate_schedule
 
 log = logging.getLogger("layerforge.guidance")
@@ -60,16 +64,28 @@ def sds_weighting(alphas_cumprod_t: torch.Tensor, weighting: str) -> torch.Tenso
     raise ConfigError(f"guidance.weighting={weighting!r} is unknown", f"use one of {', '.join(WEIGHTINGS)}")
 
 
+# DP-Recon's geometry-stage SDS weighting (code/threestudio/models/guidance/
+# stable_diffusion_guidance.py compute_grad_sds, with code/geometry.yaml): pixels at or above
+# visibility 0.5 weigh at most 0.1, pixels below from 1 up to 20 (the guidance class's own
+# default is 30; geometry.yaml sets 20).
+SDS_VIS_THRESHOLD = 0.5
+SDS_VIS_REGION_MAX = 0.1
+SDS_NONE_VIS_REGION_MAX = 20.0
+
+
 def visibility_weight_map(visibility: torch.Tensor) -> torch.Tensor:
     """DP-Recon's visibility-guided per-pixel SDS weight.
 
     ``visibility``: any shape, rendered visibility in [0, 1] (1 = well seen by input views).
-    Returns the same shape: ``0.1 (1 - (v - 0.5) / 0.5)`` for v >= 0.5 (well-observed pixels
-    get at most 0.1, falling to 0 at v = 1) and ``20 - 38 v`` for v < 0.5 (unseen pixels get
-    up to 20, so the prior fills in what the views never saw).
+    Returns the same shape and dtype: ``0.1 (1 - (v - 0.5) / 0.5)`` for v >= 0.5 (well-observed
+    pixels get at most 0.1, falling to 0 at v = 1) and ``20 - 38 v`` for v < 0.5 (unseen pixels
+    get up to 20, so the prior fills in what the views never saw). Discontinuous at 0.5 (1 from
+    below, 0.1 at and above), as the authors'.
     """
     v = visibility
-    return torch.where(v >= 0.5, 0.1 * (1.0 - (v - 0.5) / 0.5), 20.0 - 38.0 * v)
+    seen = SDS_VIS_REGION_MAX * (1.0 - (v - SDS_VIS_THRESHOLD) / (1.0 - SDS_VIS_THRESHOLD))
+    unseen = SDS_NONE_VIS_REGION_MAX - v / SDS_VIS_THRESHOLD * (SDS_NONE_VIS_REGION_MAX - 1.0)
+    return torch.where(v >= SDS_VIS_THRESHOLD, seen, unseen)
 
 
 def sds_surrogate_loss(latents: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from layerforge.models.optimisation import batch_generator
+from layerforge.models.optimisation import PaperTerm, batch_generator
 from layerforge.models.schedules import ScheduleValue
 
 from .model import UDCNeRF
@@ -88,22 +88,10 @@ def _onehot(batch: dict[str, Any], components: int) -> Tensor:
     return F.one_hot(ids.clamp(0, components - 1), components).float() * (ids >= 0)[:, None].float()
 
 
-class _Term:
-    """Base: ``name`` (default the paper key), ``weight`` (default the paper's); logs its unweighted value."""
+class _Term(PaperTerm):
+    """A UDC-NeRF term (weights: :data:`PAPER_WEIGHTS`)."""
 
-    key: str
-
-    def __init__(self, weight: ScheduleValue | None = None, name: str | None = None) -> None:
-        self.name = name or self.key
-        self.weight = PAPER_WEIGHTS[self.key] if weight is None else weight
-
-    def __call__(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
-        value = self.loss(model, batch, info)
-        info.setdefault("log", {})[self.name] = float(value.detach())
-        return value
-
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    paper_weights = PAPER_WEIGHTS
 
 
 class SceneRGBLoss(_Term):
@@ -111,7 +99,7 @@ class SceneRGBLoss(_Term):
 
     key = "scene_rgb"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out, v = udc_forward(model, batch, info), _valid(batch)
         gt = batch["rgb"][v]
         return F.mse_loss(out["coarse_rgb"][v], gt) + F.mse_loss(out["rgb"][v], gt)
@@ -126,7 +114,7 @@ class ComponentRGBLoss(_Term):
 
     key = "component_rgb"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out, v = udc_forward(model, batch, info), _valid(batch)
         rgb = out["components_rgb"][v]  # [R, C, 3]
         m = _onehot(batch, model.cfg.components)[v][..., None]  # [R, C, 1]
@@ -142,7 +130,7 @@ class PseudoBackgroundLoss(_Term):
 
     key = "pseudo_background"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out, v = udc_forward(model, batch, info), _valid(batch)
         o = (batch["instance"][v] != 0).float()[:, None]
         return (o * (o * batch["pseudo_background"][v] - out["components_rgb"][v][:, 0]) ** 2).mean()
@@ -153,7 +141,7 @@ class InstanceRGBLoss(_Term):
 
     key = "instance_rgb"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out, v = udc_forward(model, batch, info), _valid(batch)
         return F.mse_loss(out["instance_rgb"][v], batch["rgb"][v])
 
@@ -163,7 +151,7 @@ class MergedRGBLoss(_Term):
 
     key = "merged_rgb"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out, v = udc_forward(model, batch, info), _valid(batch)
         return F.mse_loss(out["merged_rgb"][v], batch["rgb"][v])
 
@@ -179,7 +167,7 @@ class ComponentOpacityLoss(_Term):
 
     key = "component_opacity"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out, v = udc_forward(model, batch, info), _valid(batch)
         c = model.cfg.components
         a = out["component_alpha"][v][:, :c, 0].clamp(0.0, 1.0)  # [R, C]
@@ -195,7 +183,7 @@ class BackgroundSuppressionLoss(_Term):
 
     key = "bg_suppression"
 
-    def loss(self, model: UDCNeRF, batch: dict[str, Any], info: dict[str, Any]) -> Tensor:
+    def loss(self, model: UDCNeRF, batch: dict[str, Any], step: int, info: dict[str, Any]) -> Tensor:
         out = udc_forward(model, batch, info)
         sig = out["bg_sigma"][out["blocked"] & _valid(batch)[:, None]]
         if sig.numel() == 0:
