@@ -103,7 +103,8 @@ def train(ctx: StageContext) -> None:
     sampler = BalancedRayBatches(views, pseudo, cfg.rays_per_step, fg_fraction=cfg.fg_fraction,
                                  objects=len(objects["names"]), device=ctx.device)
     lr = PolyDecay(cfg.lr, cfg.steps, cfg.lr_exponent)
-    figures = optimise(ctx, model, [ParamGroup("model", list(model.parameters()), lr)], paper_terms(dict(cfg.weights)),
+    group = ParamGroup("model", list(model.parameters()), lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    figures = optimise(ctx, model, [group], paper_terms(dict(cfg.weights)),
                        sampler, OptimiseConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every))
     ctx.save("model", model)
     ctx.record(**{f"final_{k}": v for k, v in figures.items()})

@@ -79,6 +79,8 @@ class TrainConfig:
     lr: float = 0.01
     lr_exponent: float = 2.0  # UDC-NeRF: poly decay, exponent 2
     fg_fraction: float = 0.3  # UDC-NeRF: 0.7 background / 0.3 object rays
+    adam_betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.99])  # Instant-NGP's, for hash grids
+    adam_eps: float = 1e-15  # Instant-NGP (Mueller et al. 2022); the paper config: PyTorch's defaults
     checkpoint_every: int = 250
     weights: dict[str, Any] = dataclasses.field(default_factory=dict)  # override a loss weight by term name
 
@@ -88,6 +90,9 @@ class TrainConfig:
         positive("train.lr", self.lr)
         positive("train.lr_exponent", self.lr_exponent)
         require(0.0 <= self.fg_fraction <= 1.0, "train.fg_fraction", self.fg_fraction, "a number in [0, 1]")
+        require(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas), "train.adam_betas",
+                self.adam_betas, "two numbers in [0, 1)")
+        positive("train.adam_eps", self.adam_eps)
         at_least("train.checkpoint_every", self.checkpoint_every, 1)
 
 
