@@ -121,6 +121,12 @@ class NullBar:
         pass
 
 
+def run_one_stage(work, run_dir: Path, name: str = "t", seed: int = 0) -> None:
+    """Run ``work(ctx)`` as the one stage of pipeline ``name`` in ``run_dir`` (CPU, quiet, ``seed``)."""
+    cfg = OmegaConf.create({"seed": seed, "device": "cpu", "quiet": True})
+    Engine(Pipeline(name, (Stage("fit", work, makes=()),)), cfg, RunDir.open(run_dir, name), None).run()
+
+
 def make_engine(run_dir: Path, input_path: Path, overrides: list[str] = (), pipeline: Pipeline = PIPELINE) -> Engine:
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(list(overrides)))
     command = " ".join(["python", "tests/engine_toy.py", str(run_dir), str(input_path), *overrides])

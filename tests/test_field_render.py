@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import trimesh
-from omegaconf import OmegaConf
+from engine_toy import run_one_stage
 
 from layerforge.models.fields import (
     ComposedDensityField,
@@ -41,13 +41,16 @@ from layerforge.models.fields import (
     SDFFieldConfig,
     render_field,
 )
-from layerforge.models.fields.losses import EikonalLoss, ObjectMaskLoss, RGBLoss, eikonal_residuals
+from layerforge.models.fields.losses import (
+    EikonalLoss,
+    ObjectMaskLoss,
+    RGBLoss,
+    eikonal_residuals,
+)
 from layerforge.models.fields.mlp_fields import VOLSDF_BETA_INIT
 from layerforge.models.optimisation import ParamGroup
 from layerforge.models.view_sampling import RayBatches
-from layerforge.pipelines.engine import Engine, Pipeline, Stage
 from layerforge.pipelines.optimise import OptimiseConfig, optimise
-from layerforge.pipelines.rundir import RunDir
 from layerforge.renderers.camera_set import CameraSet
 from layerforge.renderers.cameras import Camera, orbit_cameras
 from layerforge.renderers.mesh import rasterize, render_mesh
@@ -182,9 +185,8 @@ def fit_two_object_scene(seed: int = 0, kind: str = "density", run_dir: Path | N
                  OptimiseConfig(steps=STEPS, checkpoint_every=STEPS))
 
     run_dir = run_dir or Path(tempfile.mkdtemp()) / "run"
-    cfg = OmegaConf.create({"seed": seed, "device": "cpu", "quiet": True})
     t_fit = time.perf_counter()
-    Engine(Pipeline("fields", (Stage("fit", fit),)), cfg, RunDir.open(run_dir, "fields"), None).run()
+    run_one_stage(fit, run_dir, "fields", seed)
     fit_s = time.perf_counter() - t_fit
     field.eval()
     with torch.no_grad():

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from engine_toy import run_one_stage
 
 from layerforge.errors import NonFiniteError
 from layerforge.models.gaussians import GaussianModel, GsplatPolicy
 from layerforge.models.optimisation import ParamGroup
-from layerforge.pipelines.engine import Engine, Pipeline, Stage
 from layerforge.pipelines.optimise import OptimiseConfig, Optimiser, optimise
-from layerforge.pipelines.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -64,9 +62,7 @@ class RandomX:
 
 def _ctx_run(tmp_path: Path, name: str, work) -> None:
     """Run ``work(ctx)`` as the one stage of a pipeline in run folder ``name``."""
-    stage = Stage("opt", work, makes=())
-    cfg = OmegaConf.create({"seed": 0, "device": "cpu", "quiet": True})
-    Engine(Pipeline("t", (stage,)), cfg, RunDir.open(tmp_path / name, "t"), None).run()
+    run_one_stage(work, tmp_path / name)
 
 
 def test_converges_with_scheduled_lr_per_group(tmp_path):

@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import trimesh
-from omegaconf import OmegaConf
+from engine_toy import run_one_stage
 
 from layerforge.models.fields import HashGridConfig
 from layerforge.models.optimisation import LossTerm, ParamGroup
@@ -43,9 +43,7 @@ from layerforge.models.udc_nerf import (
     render_views,
 )
 from layerforge.models.udc_nerf.losses import PAPER_WEIGHTS
-from layerforge.pipelines.engine import Engine, Pipeline, Stage
 from layerforge.pipelines.optimise import OptimiseConfig, optimise
-from layerforge.pipelines.rundir import RunDir
 from layerforge.renderers.camera_set import CameraSet
 from layerforge.renderers.cameras import orbit_cameras
 from layerforge.renderers.mesh import rasterize, render_mesh
@@ -293,7 +291,11 @@ def test_every_term_shares_one_forward_and_gives_gradients():
 
 def test_component_rgb_and_opacity_losses_by_hand():
     """Two rays, fixed forward outputs: the paper's masked means computed by hand."""
-    from layerforge.models.udc_nerf.losses import ComponentOpacityLoss, ComponentRGBLoss, PseudoBackgroundLoss
+    from layerforge.models.udc_nerf.losses import (
+        ComponentOpacityLoss,
+        ComponentRGBLoss,
+        PseudoBackgroundLoss,
+    )
 
     m = UDCNeRF(_tiny_config(objects=1))
     out = {
@@ -441,9 +443,8 @@ def fit_udc(seed: int = 0, run_dir: Path | None = None) -> dict[str, float]:
                  OptimiseConfig(steps=FIT_STEPS, checkpoint_every=FIT_STEPS))
 
     run_dir = run_dir or Path(tempfile.mkdtemp()) / "run"
-    cfg = OmegaConf.create({"seed": seed, "device": "cpu", "quiet": True})
     t_fit = time.perf_counter()
-    Engine(Pipeline("udc", (Stage("fit", fit),)), cfg, RunDir.open(run_dir, "udc"), None).run()
+    run_one_stage(fit, run_dir, "udc", seed)
     fit_s = time.perf_counter() - t_fit
     out = render_views(model, test, chunk_rays=4096)
     removed = render_views(model, test, chunk_rays=4096, edits=[Edit.remove(1), Edit.remove(2)])
