@@ -82,11 +82,11 @@ def measure(pipeline: str, device: torch.device, rays: int, steps: int, objects:
             "params": sum(p.numel() for p in model.parameters())}
 
 
-def _scene_data(scene: Path | None, device: torch.device):
+def _scene_data(scene: Path | None):
     """(train views, test views, pseudo-backgrounds [N, H, W, 3], object boxes) as the prepare stage makes them."""
     from layerforge.assets.nerfstudio_dataset import read_posed_views
     from layerforge.models.guidance.inpaint import Inpainter
-    from layerforge.models.scene_prep import normalising_frame, object_bounds, pseudo_backgrounds, views_in_frame
+    from layerforge.models.scene_prep import prepare_scene
     from layerforge.pipelines.decomp_nerf_config import PrepareConfig
 
     if scene is None:
@@ -95,13 +95,11 @@ def _scene_data(scene: Path | None, device: torch.device):
 
         scene = cached_toy_scene(Path("outputs") / ".cache" / "scenes", **BUILTIN_SCENES["toy_scene"])
     data = read_posed_views(scene, require_masks=True)
-    frame = normalising_frame(data.train)
-    train, test = views_in_frame(data.train, frame), views_in_frame(data.test, frame)
-    erode, dilate = PrepareConfig().kernels(train.cameras.width)
-    pseudo = pseudo_backgrounds(train, Inpainter({"pretrained_model_name_or_path": None}), erode, dilate)
     ids = sorted(data.instances)
-    bounds = object_bounds(data.train, ids, frame)
-    return train, test, pseudo, tuple((tuple(bounds[k][0].tolist()), tuple(bounds[k][1].tolist())) for k in ids)
+    erode, dilate = PrepareConfig().kernels(data.train.cameras.width)
+    prep = prepare_scene(data.train, data.test, ids, Inpainter({"pretrained_model_name_or_path": None}), erode, dilate)
+    boxes = tuple((tuple(prep.bounds[k][0].tolist()), tuple(prep.bounds[k][1].tolist())) for k in ids)
+    return prep.train, prep.test, prep.pseudo_train, boxes
 
 
 def time_to_psnr(pipeline: str, data, device: torch.device, budget_s: float, eval_every_s: float,
@@ -165,7 +163,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.save_data is not None:
         args.save_data.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(_scene_data(args.scene, torch.device("cpu")), args.save_data)
+        torch.save(_scene_data(args.scene), args.save_data)
         print(f"wrote {args.save_data} ({args.save_data.stat().st_size / 2**20:.1f} MiB)")
         return
     devices = ([] if args.no_cpu else [torch.device("cpu")]) + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -186,7 +184,7 @@ def main() -> None:
     print("| config | device | rays/step | steps | train s | best held-out PSNR (dB) | target (dB) | s to target |")
     print("|---|---|---|---|---|---|---|---|")
     for d in devices:
-        data = torch.load(args.data, weights_only=False) if args.data else _scene_data(args.scene, d)
+        data = torch.load(args.data, weights_only=False) if args.data else _scene_data(args.scene)
         if args.paper_target is None:
             paper = time_to_psnr("decomp_nerf_paper", data, d, args.budget_s, args.eval_every_s, rays=args.ttp_rays)
         else:  # the paper run's figures come from an earlier table; only the fast run is measured

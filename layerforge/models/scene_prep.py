@@ -10,9 +10,12 @@
   (its README: eroded with a 3x3 kernel, dilated with a 23x23 kernel).
 - :func:`pseudo_backgrounds`: every view with its objects inpainted away (UDC-NeRF's
   "inpainted background images", the target of the background component inside object masks).
+- :func:`prepare_scene`: all of the above for a train / test split (:class:`PreparedScene`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -156,6 +159,36 @@ def pseudo_backgrounds(views: CameraSet, inpainter, erode: int = ERODE_PX, dilat
         return views.images.clone()
     _, holes = object_masks(views.masks, erode=erode, dilate=dilate)
     return torch.stack([inpainter(img, hole) for img, hole in zip(views.images, holes)])
+
+
+@dataclass
+class PreparedScene:
+    """Posed views made ready for per-object optimisation (see :func:`prepare_scene`).
+
+    Attributes:
+        frame: optimisation frame -> the user's world (a similarity).
+        train, test: the views in the optimisation frame.
+        pseudo_train, pseudo_test: [N, H, W, 3] linear images with the objects inpainted away.
+        bounds: {object id: (lo [3], hi [3])} boxes in the optimisation frame.
+    """
+
+    frame: SceneFrame
+    train: CameraSet
+    test: CameraSet
+    pseudo_train: Tensor
+    pseudo_test: Tensor
+    bounds: dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def prepare_scene(train: CameraSet, test: CameraSet, objects: list[int], inpainter, erode: int = ERODE_PX,
+                  dilate: int = DILATE_PX) -> PreparedScene:
+    """World-frame train / test views -> the normalising frame, the views in it, pseudo-backgrounds
+    (masks eroded ``erode`` then dilated ``dilate`` px) and the boxes of ``objects``."""
+    frame = normalising_frame(train)
+    train_f, test_f = views_in_frame(train, frame), views_in_frame(test, frame)
+    return PreparedScene(frame, train_f, test_f, pseudo_backgrounds(train_f, inpainter, erode, dilate),
+                         pseudo_backgrounds(test_f, inpainter, erode, dilate),
+                         object_bounds(train, objects, frame))  # world views: the frame maps their points in
 
 
 def views_in_frame(views: CameraSet, frame: SceneFrame) -> CameraSet:

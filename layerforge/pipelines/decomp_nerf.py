@@ -54,7 +54,7 @@ OBJECT_PALETTE = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.9, 0.7, 
 def prepare(ctx: StageContext) -> None:
     from layerforge.assets.nerfstudio_dataset import read_posed_views
     from layerforge.models.guidance.inpaint import Inpainter
-    from layerforge.models.scene_prep import normalising_frame, object_bounds, pseudo_backgrounds, views_in_frame
+    from layerforge.models.scene_prep import prepare_scene
 
     cfg: PrepareConfig = ctx.typed("prepare")
     data = read_posed_views(ctx.input(INPUT), require_masks=True, min_train=cfg.min_train_views)
@@ -65,20 +65,18 @@ def prepare(ctx: StageContext) -> None:
         raise InputError(f"{data.path}: instance ids must be 1..K without gaps, got {ids}", "renumber the masks")
     if len(data.test) == 0:
         raise InputError(f"{data.path}: no held-out view to evaluate on", 'mark a few frames "split": "test"')
-    frame = normalising_frame(data.train)
-    train, test = views_in_frame(data.train, frame), views_in_frame(data.test, frame)
     inpainter = Inpainter({"pretrained_model_name_or_path": cfg.inpaint_model})
-    bounds = object_bounds(data.train, ids, frame)  # world views: the frame maps their points in
+    erode, dilate = cfg.kernels(data.train.cameras.width)
+    scene = prepare_scene(data.train, data.test, ids, inpainter, erode, dilate)
+    train, test, bounds = scene.train, scene.test, scene.bounds
     ctx.save("views", train)
     ctx.save("test_views", test)
-    ctx.save("frame", frame)
-    erode, dilate = cfg.kernels(train.cameras.width)
-    ctx.save("pseudo_background", {"train": pseudo_backgrounds(train, inpainter, erode, dilate).numpy(),
-                                   "test": pseudo_backgrounds(test, inpainter, erode, dilate).numpy()})
+    ctx.save("frame", scene.frame)
+    ctx.save("pseudo_background", {"train": scene.pseudo_train.numpy(), "test": scene.pseudo_test.numpy()})
     ctx.save("objects", {"names": np.array([data.instances[k] for k in ids]),
                          "lo": np.stack([bounds[k][0] for k in ids]), "hi": np.stack([bounds[k][1] for k in ids])})
     ctx.record(train_views=len(train), test_views=len(test), objects=len(ids),
-               inpainter=inpainter.backend, scene_scale_m=frame.scale, erode_px=erode, dilate_px=dilate)
+               inpainter=inpainter.backend, scene_scale_m=scene.frame.scale, erode_px=erode, dilate_px=dilate)
 
 
 def _model(ctx: StageContext, objects: dict[str, np.ndarray]):
