@@ -25,6 +25,7 @@ from .losses import (
     SMOOTH_NORMAL_EPS,
     SMOOTH_OFFSET,
     BackgroundRegLoss,
+    ObjectAlone,
     DepthLoss,
     DPEikonalLoss,
     NormalCosineLoss,
@@ -71,7 +72,7 @@ __all__ = [
 __all__ += [
     "RGBL1Loss", "DPEikonalLoss", "SmoothnessLoss", "DepthLoss", "NormalL1Loss", "NormalCosineLoss",
     "SemanticLoss", "ObjectViolationLoss", "BackgroundRegLoss", "paper_terms", "dp_render", "foreground_mask",
-    "scale_shift_invariant_depth", "normal_l1_cos", "smoothness_residuals", "object_violation",
+    "ObjectAlone", "scale_shift_invariant_depth", "normal_l1_cos", "smoothness_residuals", "object_violation",
     "multiscale_gradient_error", "PAPER_WEIGHTS", "SCANNETPP_WEIGHTS", "OBJECT_VIOLATION_START",
     "DEPTH_TARGET_SCALE", "DEPTH_TARGET_SHIFT", "DEPTH_GRADIENT_ALPHA", "DEPTH_GRADIENT_SCALES",
     "DEPTH_ROW_WIDTH", "SMOOTH_OFFSET", "SMOOTH_NORMAL_EPS", "OPACITY_CLAMP", "BG_PATCH_SIZE",

@@ -70,6 +70,7 @@ from layerforge.renderers.volume import midpoints
 
 __all__ = [
     "dp_render",
+    "ObjectAlone",
     "foreground_mask",
     "scale_shift_invariant_depth",
     "normal_l1_cos",
@@ -433,7 +434,7 @@ class ObjectViolationLoss(_PointTerm):
         return object_violation(field(torch.cat([pts, nei])).object_sdf)
 
 
-class _ObjectAlone(Field):
+class ObjectAlone(Field):
     """One object of a composed SDF field rendered alone, with the composed field's VolSDF beta."""
 
     kind = "sdf"
@@ -477,7 +478,7 @@ class BackgroundRegLoss(_RenderTerm):
         size = int(round(o.shape[0] ** 0.5))
         if size * size != o.shape[0]:
             raise ValueError(f"bg_origins holds {o.shape[0]} rays, not a square patch")
-        r = render_rays(_ObjectAlone(field, 0), o, d, self.sampler, generator=batch_generator(batch, 3),
+        r = render_rays(ObjectAlone(field, 0), o, d, self.sampler, generator=batch_generator(batch, 3),
                         compute_normals=True)
         rot = batch["bg_w2c_rotation"].to(d)
         # authors' bg normal map: sum_i w_i n_i, not renormalised; render_rays returns it
