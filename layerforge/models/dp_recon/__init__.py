@@ -78,3 +78,43 @@ __all__ += [
     "DEPTH_ROW_WIDTH", "SMOOTH_OFFSET", "SMOOTH_NORMAL_EPS", "OPACITY_CLAMP", "BG_PATCH_SIZE",
     "BG_GRADIENT_SCALES", "BG_RENDER_EVERY",
 ]
+
+from .background import (
+    ANCHOR_AZIMUTH_BIN_DEG,
+    ANCHOR_ELEVATION_BIN_DEG,
+    ANCHOR_JITTER,
+    OPENCV_VARIANTS,
+    TSDF_DEPTH_TRUNC,
+    TSDF_FOV_DEG,
+    TSDF_IMAGE_SIZE,
+    TSDF_SDF_TRUNC,
+    TSDF_VOXEL,
+    UNSEEN_VIS_THRESHOLD,
+    anchor_cameras,
+    choose_panorama,
+    panorama_candidates,
+    panorama_score,
+    render_background_panorama,
+    tsdf_filter,
+    unseen_mask,
+)
+
+__all__ += [
+    "ANCHOR_AZIMUTH_BIN_DEG",
+    "ANCHOR_ELEVATION_BIN_DEG",
+    "ANCHOR_JITTER",
+    "OPENCV_VARIANTS",
+    "TSDF_DEPTH_TRUNC",
+    "TSDF_FOV_DEG",
+    "TSDF_IMAGE_SIZE",
+    "TSDF_SDF_TRUNC",
+    "TSDF_VOXEL",
+    "UNSEEN_VIS_THRESHOLD",
+    "anchor_cameras",
+    "choose_panorama",
+    "panorama_candidates",
+    "panorama_score",
+    "render_background_panorama",
+    "tsdf_filter",
+    "unseen_mask",
+]
