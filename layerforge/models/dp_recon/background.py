@@ -198,6 +198,8 @@ def panorama_candidates(
     n: int,
     seed: int,
     prompt: str | None = None,
+    *,
+    wrap_px: int = 0,
 ) -> list[Tensor]:
     """``n`` inpainted versions of a panorama, deterministic for a given ``seed``.
 
@@ -211,6 +213,9 @@ def panorama_candidates(
         n: number of candidates (>= 1).
         seed: base seed.
         prompt: text prompt (diffusers only); ``None`` uses the inpainter's configured one.
+        wrap_px: ours, not the authors': inpaint the panorama padded with ``wrap_px`` columns
+            copied across the 360-degree seam on each side (at most W), then crop, so a hole
+            at the seam is filled from both of its sides; 0 inpaints the image as it is.
 
     Returns:
         n tensors [H, W, 3] float32, linear; pixels outside the (inpainter-dilated) mask
@@ -218,8 +223,16 @@ def panorama_candidates(
     """
     if n < 1:
         raise ConfigError(f"panorama candidates n={n} is out of range", "ask for at least one candidate")
+    if wrap_px < 0:
+        raise ConfigError(f"wrap_px={wrap_px} is negative", "pass 0 (no wrap padding) or a column count")
+    width = pano.shape[1]
+    pad = min(int(wrap_px), width)
+    if pad:
+        pano = torch.cat([pano[:, -pad:], pano, pano[:, :pad]], dim=1)
+        mask = torch.cat([mask[:, -pad:], mask, mask[:, :pad]], dim=1)
     if inpainter.backend == "diffusers":
-        return [inpainter(pano, mask, prompt=prompt, seed=seed + i) for i in range(n)]
+        out = [inpainter(pano, mask, prompt=prompt, seed=seed + i) for i in range(n)]
+        return [o[:, pad:pad + width] for o in out]
     if n > len(OPENCV_VARIANTS):
         raise ConfigError(f"OpenCV inpainting has {len(OPENCV_VARIANTS)} variants, {n} candidates were asked for",
                           f"ask for at most {len(OPENCV_VARIANTS)} or configure a diffusion inpainting model")
@@ -227,7 +240,7 @@ def panorama_candidates(
     out = []
     for method, radius in OPENCV_VARIANTS[:n]:
         variant = cls(dataclasses.replace(inpainter.config, classical_method=method, classical_radius_px=radius))
-        out.append(variant(pano, mask, seed=seed))
+        out.append(variant(pano, mask, seed=seed)[:, pad:pad + width])
     return out
 
 
