@@ -131,6 +131,22 @@ def test_camera_set_refuses_images_of_the_wrong_size():
     assert sub.names == ["img2", "img0"] and torch.equal(sub.images[1], views.images[0])
 
 
+def test_camera_set_keeps_normals_through_index_move_and_npz(tmp_path):
+    v = _views()
+    n = torch.nn.functional.normalize(torch.randn(3, 6, 8, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    n[0, 2, 3] = 0.0  # unknown
+    views = CameraSet(v.cameras, v.images, v.masks, v.depths, v.names, n)
+    assert torch.equal(views[[2, 0]].normals, n[[2, 0]]) and torch.equal(views[1:].normals, n[1:])
+    assert torch.equal(views.to("cpu").normals, n)
+    back = CameraSet.load(views.save(tmp_path / "views.npz"))
+    assert back.normals.dtype == torch.float32 and torch.equal(back.normals, n) and torch.equal(back.depths, v.depths)
+    assert CameraSet.load(v.save(tmp_path / "plain.npz")).normals is None  # files without normals still load
+    with pytest.raises(InputError, match=r"CameraSet.normals is \(3, 6, 8, 1\), expected \(3, 6, 8, 3\)"):
+        CameraSet(v.cameras, v.images, normals=torch.zeros(3, 6, 8, 1))
+    with pytest.raises(InputError, match="expected float unit vectors"):
+        CameraSet(v.cameras, v.images, normals=torch.zeros(3, 6, 8, 3, dtype=torch.int64))
+
+
 def test_orbit_views_follow_the_front_and_scheduled_ranges():
     from layerforge.models.view_sampling import FRONT_AZIMUTH_DEG, OrbitViews
 

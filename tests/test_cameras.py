@@ -9,6 +9,7 @@ import torch
 
 from layerforge.renderers.cameras import (
     Camera,
+    flip_camera_yz,
     focal_to_fov,
     fov_to_focal,
     generate_rays,
@@ -72,6 +73,17 @@ def test_fov_focal_round_trip_and_intrinsics():
     k = intrinsics_from_fov(t, 40, 30)
     assert k.shape == (2, 3, 3)
     assert torch.allclose(k[:, 0, 2], torch.tensor(20.0)) and torch.allclose(k[:, 1, 2], torch.tensor(15.0))
+
+
+def test_flip_camera_yz_maps_camera_vectors_between_opencv_and_opengl():
+    """A camera-frame vector (a normal) means the same world direction in either convention."""
+    cams = _random_cameras()
+    v_cv = torch.nn.functional.normalize(torch.randn(4, 3, dtype=torch.float64), dim=-1)
+    world = torch.einsum("bji,bj->bi", cams.world_to_camera[:, :3, :3], v_cv)  # R^T v
+    v_gl = flip_camera_yz(v_cv)
+    assert torch.allclose(torch.einsum("bij,bj->bi", cams.to_opengl()[:, :3, :3], v_gl), world, atol=1e-12)
+    assert torch.equal(flip_camera_yz(v_gl), v_cv)
+    assert flip_camera_yz(torch.tensor([0.0, 0.0, -1.0])).tolist() == [0.0, -0.0, 1.0]  # faces an OpenGL camera: +z
 
 
 def test_point_projects_to_same_pixel_through_every_converter():

@@ -268,3 +268,115 @@ def test_posed_views_nerfstudio_train_filenames_split(tmp_path):
     t["meta"]["frames"][0]["split"] = "train"  # per-frame split, then on every frame
     _rewrite(tmp_path, t["meta"])
     assert "frame 1 (f1.png): split is None" in _one_line_error(tmp_path)
+
+
+# --- read_posed_views: normal maps (normal_file_path, normal_convention) ---------------------
+
+
+def _write_png16(path: Path, codes: np.ndarray) -> None:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one), rows cycling through all five
+    PNG filters so that the reader's unfiltering is exercised."""
+    import struct
+    import zlib
+
+    h, w, c = codes.shape
+    data = codes.astype(">u2").view(np.uint8).reshape(h, w * c * 2).astype(np.int64)
+    bpp = c * 2
+    rows = []
+    for i in range(h):
+        x = data[i]
+        up = data[i - 1] if i else np.zeros_like(x)
+        left = np.concatenate([np.zeros(bpp, np.int64), x[:-bpp]])
+        up_left = np.concatenate([np.zeros(bpp, np.int64), up[:-bpp]])
+        p = left + up - up_left
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+        pred = [np.zeros_like(x), left, up, (left + up) // 2, paeth][i % 5]
+        rows.append(bytes([i % 5]) + ((x - pred) % 256).astype(np.uint8).tobytes())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+                     + chunk(b"IEND", b""))
+
+
+def _unit_normals(rng: np.random.Generator) -> np.ndarray:
+    n = rng.normal(size=(H, W, 3))
+    n[..., 2] = -np.abs(n[..., 2]) - 0.2  # facing an OpenCV camera
+    return (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _normals_folder(root: Path) -> tuple[dict, list[np.ndarray]]:
+    """5 views: f0 .npy (with an unknown and a NaN pixel), f1 8-bit PNG, f2 16-bit PNG, f3 8-bit RGBA
+    PNG with a transparent pixel, f4 none."""
+    t = _views_folder(root, n=5, split=["train", "train", "train", "train", "test"])
+    (root / "normals").mkdir()
+    rng = np.random.default_rng(3)
+    truth = [_unit_normals(rng) for _ in range(4)]
+    truth[0][1, 2] = 0.0
+    stored = truth[0].copy()
+    stored[3, 4, 1] = np.nan
+    truth[0][3, 4] = 0.0
+    np.save(root / "normals/f0.npy", stored)
+    Image.fromarray(np.round((truth[1] + 1) / 2 * 255).astype(np.uint8)).save(root / "normals/f1.png")
+    _write_png16(root / "normals/f2.png", np.round((truth[2] + 1) / 2 * 65535).astype(np.uint16))
+    rgba = np.concatenate([np.round((truth[3] + 1) / 2 * 255), np.full((H, W, 1), 255)], -1).astype(np.uint8)
+    rgba[6, 7, 3] = 0
+    truth[3][6, 7] = 0.0
+    Image.fromarray(rgba).save(root / "normals/f3.png")
+    for i, name in enumerate(("f0.npy", "f1.png", "f2.png", "f3.png")):
+        t["meta"]["frames"][i]["normal_file_path"] = f"normals/{name}"
+    _rewrite(root, t["meta"])
+    return t, truth + [np.zeros((H, W, 3), np.float32)]
+
+
+def test_posed_views_read_normals_npy_and_8_16_bit_png(tmp_path):
+    _, truth = _normals_folder(tmp_path)
+    pv = read_posed_views(tmp_path)
+    got = torch.cat([pv.train.normals, pv.test.normals]).numpy()
+    assert pv.train.normals.dtype == torch.float32 and got.shape == (5, H, W, 3)
+    assert np.abs(got[0] - truth[0]).max() < 1e-6  # npy: as stored, unknown and NaN read as 0
+    assert np.abs(got[2] - truth[2]).max() < 1e-4  # 16-bit: quantisation 3e-5 per channel
+    for i in (1, 3):  # 8-bit: within a quantisation step, renormalised
+        assert np.abs(got[i] - truth[i]).max() < 1.5 / 255
+    known = np.linalg.norm(got, axis=-1) > 0
+    assert np.allclose(np.linalg.norm(got[known], axis=-1), 1.0, atol=1e-6)
+    assert not known[0, 1, 2] and not known[0, 3, 4] and not known[3, 6, 7] and not known[4].any()
+    # opengl files (+y up, +z backward) are converted: the same files read with y and z negated
+    meta = json.loads((tmp_path / "transforms.json").read_text())
+    meta["normal_convention"] = "opengl"
+    _rewrite(tmp_path, meta)
+    gl = read_posed_views(tmp_path)
+    flipped = torch.cat([gl.train.normals, gl.test.normals]).numpy()
+    assert np.array_equal(flipped, got * np.array([1.0, -1.0, -1.0], np.float32))
+
+
+def test_posed_views_without_normal_files_have_none(tmp_path):
+    _views_folder(tmp_path, n=4)
+    pv = read_posed_views(tmp_path)
+    assert pv.train.normals is None and pv.test.normals is None
+
+
+def test_bad_normal_files_are_one_line_errors_naming_file_and_fix(tmp_path):
+    t, _ = _normals_folder(tmp_path)
+    np.save(tmp_path / "normals/f0.npy", np.zeros((6, 8, 3), np.float32))
+    msg = _one_line_error(tmp_path)
+    assert "normals/f0.npy is 8x6" in msg and "images/f0.png is 16x12" in msg
+    assert "make normal maps the size of their images" in msg
+    Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "normals/f1.png")
+    np.save(tmp_path / "normals/f0.npy", np.full((H, W, 3), 0.5, np.float32))  # (n + 1) / 2 colours, not unit
+    msg = _one_line_error(tmp_path)
+    assert "normals/f0.npy" in msg and "neither unit nor zero" in msg and "(n + 1) / 2" in msg
+    np.save(tmp_path / "normals/f0.npy", np.zeros((H, W, 3), np.float32))
+    msg = _one_line_error(tmp_path)
+    assert "normals/f1.png is 16x13" in msg
+    (tmp_path / "normals/f1.png").write_bytes(b"not a png")
+    msg = _one_line_error(tmp_path)
+    assert "cannot read normal" in msg and "normals/f1.png" in msg
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "normals/f1.png")
+    assert "normals/f1.png has image mode L" in _one_line_error(tmp_path)
+    t["meta"]["normal_convention"] = "blender"
+    _rewrite(tmp_path, t["meta"])
+    assert "normal_convention is 'blender'" in _one_line_error(tmp_path)

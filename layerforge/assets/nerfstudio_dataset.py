@@ -4,8 +4,8 @@ Format (nerfstudio "data conventions"): intrinsics ``fl_x``, ``fl_y``, ``cx``, `
 ``h`` either at the top level (shared) or per frame (per-frame values win); ``camera_angle_x``
 (the Blender-NeRF synthetic format) is accepted instead of ``fl_x``. Each frame has
 ``file_path`` and a ``transform_matrix``: camera-to-world, 4x4, in the **OpenGL** camera
-convention (camera looks down -Z, +Y up), plus optional ``mask_path`` and
-``depth_file_path``. Relative paths are resolved against the json's folder.
+convention (camera looks down -Z, +Y up), plus optional ``mask_path``, ``depth_file_path``
+and ``normal_file_path``. Relative paths are resolved against the json's folder.
 
 What we do with it:
 
@@ -36,6 +36,17 @@ The same ``transforms.json`` plus, per frame:
   ``NerfstudioDataParserConfig.depth_unit_scale_factor``) and its depth losses treat the
   image as camera z (``depth_nerfacto.py`` multiplies it by ``directions_norm``); we read the
   factor from a top-level ``"depth_unit_scale_factor"`` when present, else 1e-3.
+- ``normal_file_path`` (optional, our extension as nerfstudio has none): unit surface normals
+  in the frame's own **camera** frame, either a ``.npy`` [H, W, 3] float array or an RGB(A)
+  PNG, 8- or 16-bit, storing ``(n + 1) / 2`` per channel (x, y, z in R, G, B). The camera
+  frame is OpenCV's (+x right, +y down, +z forward: a surface facing the camera has n_z < 0)
+  unless a top-level ``"normal_convention": "opengl"`` says +x right, +y up, +z backward (a
+  camera-facing surface has n_z > 0; Blender's and nerfstudio's camera), converted on read by
+  negating y and z. Unknown pixels (read as the zero vector): in a ``.npy`` the zero vector or
+  non-finite values, any other vector must be unit length within 10 % (it is renormalised);
+  in a PNG, alpha 0 or a decoded vector not within 10 % of unit length (black or mid-grey
+  backgrounds, edges blended with them). World normals are ``R^T n`` with ``R`` the
+  world-to-camera rotation of the frame's Camera.
 - ``"split"`` (optional): ``"train"`` or ``"test"`` (``"val"`` counts as test).
 - an optional ``instances.json`` next to ``transforms.json``: ``{"1": "chair", ...}``.
 
@@ -60,13 +71,18 @@ import torch
 
 from layerforge.errors import InputError
 from layerforge.renderers.camera_set import CameraSet
-from layerforge.renderers.cameras import Camera
+from layerforge.renderers.cameras import Camera, flip_camera_yz
 
 __all__ = ["NerfstudioFrame", "NerfstudioDataset", "PosedViews", "read_nerfstudio", "read_posed_views",
-           "TRAIN_SPLIT_FRACTION"]
+           "NORMAL_CONVENTIONS", "TRAIN_SPLIT_FRACTION"]
 
 # nerfstudio's NerfstudioDataParserConfig.train_split_fraction (eval_mode="fraction", its default)
 TRAIN_SPLIT_FRACTION = 0.9
+
+# camera frames a normal_file_path may be written in (the module docstring)
+NORMAL_CONVENTIONS = ("opencv", "opengl")
+# a stored normal counts as unit length when its length is within this of 1
+_UNIT_TOLERANCE = 0.1
 
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 _PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
@@ -80,6 +96,7 @@ class NerfstudioFrame:
     image_path: Path
     mask_path: Path | None = None
     depth_path: Path | None = None
+    normal_path: Path | None = None
 
 
 @dataclass
@@ -89,6 +106,7 @@ class NerfstudioDataset:
     path: Path
     frames: list[NerfstudioFrame]
     depth_unit_scale_factor: float = 1e-3
+    normal_convention: str = "opencv"  # camera frame of the normal files: "opencv" or "opengl"
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -159,7 +177,7 @@ def read_nerfstudio(
 
     Args:
         path: the ``transforms.json`` file or the folder holding it.
-        check_files: raise if a referenced image, mask or depth file is missing.
+        check_files: raise if a referenced image, mask, depth or normal file is missing.
         near, far: clip range given to every Camera.
         dtype: dtype of the camera tensors (poses are converted in float64 first).
 
@@ -212,10 +230,19 @@ def read_nerfstudio(
                     if "depth_file_path" in fr
                     else None
                 ),
+                normal_path=(
+                    _path(root, fr["normal_file_path"], "normal_file_path", where, check_files)
+                    if "normal_file_path" in fr
+                    else None
+                ),
             )
         )
     scale = float(meta.get("depth_unit_scale_factor", 1e-3))
-    return NerfstudioDataset(path=p, frames=frames, depth_unit_scale_factor=scale)
+    convention = meta.get("normal_convention", "opencv")
+    if convention not in NORMAL_CONVENTIONS:
+        raise InputError(f"{p}: normal_convention is {convention!r}",
+                         'set "normal_convention" to "opencv" (+y down, +z forward) or "opengl" (+y up, +z backward)')
+    return NerfstudioDataset(path=p, frames=frames, depth_unit_scale_factor=scale, normal_convention=convention)
 
 
 # --- posed views with instance masks ------------------------------------------------------
@@ -228,7 +255,8 @@ class PosedViews:
     Attributes:
         train, test: :class:`CameraSet` s (images [N, H, W, 3] float32 linear; masks [N, H, W]
             int64 ids, 0 background, k >= 1 object k, -1 ignore; depths [N, H, W, 1] float32
-            camera z in metres, 0 unknown). ``test`` may hold 0 views.
+            camera z in metres, 0 unknown; normals [N, H, W, 3] float32 unit, OpenCV camera frame,
+            0 unknown). ``test`` may hold 0 views.
         instances: object id (>= 1) -> name, from ``instances.json`` or ``object_<k>``.
         path: the ``transforms.json`` read.
     """
@@ -254,10 +282,74 @@ def _read_image(path: Path, where: str) -> np.ndarray:
 def _read_plane_of_size(path: Path, what: str, where: str, image_path: Path, size: tuple[int, int]) -> np.ndarray:
     """:func:`_read_plane`, refusing a plane whose size differs from its image's ([H, W])."""
     plane = _read_plane(path, what, where)
-    if plane.shape != size:
-        raise InputError(f"{where}: {what} {path} is {plane.shape[1]}x{plane.shape[0]} but image {image_path} is "
-                         f"{size[1]}x{size[0]}", f"make {what} maps the size of their images")
+    _check_size(plane, path, what, where, image_path, size)
     return plane
+
+
+def _check_size(arr: np.ndarray, path: Path, what: str, where: str, image_path: Path, size: tuple[int, int]) -> None:
+    if arr.shape[:2] != size:
+        raise InputError(f"{where}: {what} {path} is {arr.shape[1]}x{arr.shape[0]} but image {image_path} is "
+                         f"{size[1]}x{size[0]}", f"make {what} maps the size of their images")
+
+
+def _png_codes(path: Path, where: str) -> tuple[np.ndarray, float]:
+    """An RGB(A) PNG, 8- or 16-bit -> ([H, W, 3 or 4] integer codes as float64, the largest code)."""
+    from PIL import Image, UnidentifiedImageError
+
+    hint = "save normals as an RGB PNG (8/16-bit) or a [H, W, 3] .npy"
+    try:
+        with Image.open(path) as im:
+            tile = im.tile[0] if len(im.tile) == 1 else None
+            raw = tile[3] if tile is not None else None
+            raw = raw if isinstance(raw, str) or raw is None else raw[0]
+            if im.mode not in ("RGB", "RGBA"):
+                raise InputError(f"{where}: normal {path} has image mode {im.mode}", hint)
+            im.load()
+            codes = np.asarray(im).astype(np.float64)
+        if im.format != "PNG" or raw not in ("RGB;16B", "RGBA;16B"):
+            return codes, 255.0
+        # Pillow decodes 16-bit RGB(A) PNGs to their high bytes only; decoding the same rows with
+        # the little-endian unpacker gives the low bytes (the PNG row filters are undone either way).
+        with Image.open(path) as im:
+            im.tile = [(tile[0], tile[1], tile[2], raw.replace(";16B", ";16L"))]
+            im.load()
+            low = np.asarray(im).astype(np.float64)
+        return codes * 256.0 + low, 65535.0
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, IndexError) as err:
+        raise InputError(f"{where}: cannot read normal {path} ({err})", hint) from None
+
+
+def _read_normals(path: Path, where: str, convention: str) -> np.ndarray:
+    """A normal file (module docstring) -> [H, W, 3] float32 OpenCV camera-frame unit normals, 0 unknown."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{where}: cannot read normal {path} ({err})",
+                             "re-save it as a [H, W, 3] float .npy") from None
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype.kind != "f":
+            raise InputError(f"{where}: normal {path} is {arr.dtype} {arr.shape}",
+                             "save camera-frame unit normals as a [H, W, 3] float .npy")
+        n = np.where(np.isfinite(arr).all(-1, keepdims=True), arr.astype(np.float64), 0.0)
+        length = np.linalg.norm(n, axis=-1)
+        bad = (length > 1e-6) & (np.abs(length - 1.0) > _UNIT_TOLERANCE)
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad)[0])
+            raise InputError(f"{where}: normal {path} has {int(bad.sum())} vectors that are neither unit nor zero "
+                             f"(row {i}, column {j}: length {length[i, j]:.3g})",
+                             "store unit normals (not (n + 1) / 2 colours), the zero vector where unknown")
+        known = length > 1e-6
+    else:
+        codes, top = _png_codes(path, where)
+        n = codes[..., :3] / top * 2.0 - 1.0
+        length = np.linalg.norm(n, axis=-1)
+        known = np.abs(length - 1.0) <= _UNIT_TOLERANCE
+        if codes.shape[2] == 4:
+            known &= codes[..., 3] > 0
+    n = np.where(known[..., None], n / np.where(known, length, 1.0)[..., None], 0.0).astype(np.float32)
+    if convention == "opengl":
+        n = flip_camera_yz(torch.from_numpy(n)).numpy()
+    return n + 0.0  # no -0.0 where unknown
 
 
 def _read_plane(path: Path, what: str, where: str) -> np.ndarray:
@@ -346,13 +438,17 @@ def read_posed_views(
     Returns:
         :class:`PosedViews`: images [N, H, W, 3] float32 linear in [0, 1]; masks [N, H, W]
         int64; depths [N, H, W, 1] float32 camera z in metres (0 where unknown or for frames
-        without a depth file; None when no frame has one).
+        without a depth file; None when no frame has one); normals [N, H, W, 3] float32 unit
+        normals in each view's OpenCV camera frame (``normal_convention`` "opengl" files
+        converted; 0 where unknown or for frames without a ``normal_file_path``; None when no
+        frame has one).
 
     Raises:
-        InputError: one line each for: a missing or unreadable image, mask or depth file;
-            frames of different image sizes; an image whose size differs from ``w``/``h``; a
-            mask or depth whose size differs from its image; a frame without ``mask_path``
-            (``require_masks``); mask ids that ``instances.json`` does not name; fewer than
+        InputError: one line each for: a missing or unreadable image, mask, depth or normal
+            file; frames of different image sizes; an image whose size differs from ``w``/``h``;
+            a mask, depth or normal map whose size differs from its image; a ``.npy`` normal
+            that is neither unit nor zero; an unknown ``normal_convention``; a frame without
+            ``mask_path`` (``require_masks``); mask ids that ``instances.json`` does not name; fewer than
             ``min_train`` train views.
     """
     ds = read_nerfstudio(folder_or_json, near=near, far=far)
@@ -376,6 +472,8 @@ def read_posed_views(
     images = np.zeros((len(frames), h, w, 3), np.float32)
     masks = np.zeros((len(frames), h, w), np.int64) if use_masks else None
     depths = np.zeros((len(frames), h, w, 1), np.float32) if use_depth else None
+    use_normals = any(f.normal_path is not None for f in frames)
+    normals = np.zeros((len(frames), h, w, 3), np.float32) if use_normals else None
     first_seen: dict[int, Path] = {}
     for i, f in enumerate(frames):
         where = f"{p} frame {i}"
@@ -398,6 +496,10 @@ def read_posed_views(
         if depths is not None and f.depth_path is not None:
             d = _read_plane_of_size(f.depth_path, "depth", where, f.image_path, (h, w))
             depths[i, ..., 0] = d.astype(np.float64) * ds.depth_unit_scale_factor
+        if normals is not None and f.normal_path is not None:
+            nrm = _read_normals(f.normal_path, where, ds.normal_convention)
+            _check_size(nrm, f.normal_path, "normal", where, f.image_path, (h, w))
+            normals[i] = nrm
     inst_path = p.parent / "instances.json"
     named = _read_instances(inst_path)
     if named is None:
@@ -420,6 +522,7 @@ def read_posed_views(
         None if masks is None else torch.from_numpy(masks),
         None if depths is None else torch.from_numpy(depths),
         [f.image_path.stem for f in frames],
+        None if normals is None else torch.from_numpy(normals),
     )
     train_idx = np.flatnonzero(flags).tolist()
     test_idx = np.flatnonzero(~flags).tolist()

@@ -1,4 +1,4 @@
-"""Shared renderers: cameras, mesh rasterization, Gaussians, volume, panorama.
+"""Shared renderers: cameras, mesh rasterization, Gaussians, volume, panorama, depth -> normals.
 
 Only cheap imports here (torch); gsplat / nerfstudio are imported inside the functions
 that need them.
@@ -7,6 +7,7 @@ that need them.
 from layerforge.renderers.cameras import (  # noqa: F401
     Camera,
     OrbitSample,
+    flip_camera_yz,
     focal_to_fov,
     fov_to_focal,
     generate_rays,
@@ -16,6 +17,7 @@ from layerforge.renderers.cameras import (  # noqa: F401
     project,
     sample_orbit_cameras,
 )
+from layerforge.renderers.depth_normals import camera_points_from_depth, normals_from_depth  # noqa: F401
 from layerforge.renderers.mesh import (  # noqa: F401
     Fragments,
     antialias,

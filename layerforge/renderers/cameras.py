@@ -40,6 +40,7 @@ __all__ = [
     "project",
     "opencv_w2c_to_opengl_c2w",
     "opengl_c2w_to_opencv_w2c",
+    "flip_camera_yz",
 ]
 
 # Camera-frame axis flip between OpenCV (+y down, +z forward) and OpenGL (+y up, -z forward).
@@ -87,6 +88,12 @@ def opengl_c2w_to_opencv_w2c(camera_to_world: Tensor) -> Tensor:
     c2w = _as_4x4(camera_to_world)
     flip = _flip_yz(c2w.dtype, c2w.device)
     return _rigid_inverse(c2w @ flip)
+
+
+def flip_camera_yz(vectors: Tensor) -> Tensor:
+    """Camera-frame vectors [..., 3] (normals, directions) between OpenCV (+y down, +z forward)
+    and OpenGL (+y up, +z backward): y and z negated. Its own inverse, so it converts either way."""
+    return vectors * vectors.new_tensor(_FLIP_YZ)
 
 
 def fov_to_focal(fov_deg: float | Tensor, size_px: float | Tensor) -> float | Tensor:

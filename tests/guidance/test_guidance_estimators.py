@@ -1,6 +1,6 @@
-"""DepthEstimator / Segmenter: tiny random transformers models loaded from a local folder.
+"""DepthEstimator / NormalEstimator / Segmenter: tiny random transformers models loaded from a local folder.
 
-Colour contract: both take linear RGB and sRGB-encode it for the model.
+Colour contract: all take linear RGB and sRGB-encode it for the model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ import torch
 
 from layerforge.assets.types import srgb_to_linear
 from layerforge.errors import ModelNotFoundError
-from layerforge.models.guidance import DepthEstimator, Segmenter
+from layerforge.models.guidance import DepthEstimator, NormalEstimator, Segmenter
+from layerforge.renderers.depth_normals import (
+    camera_points_from_depth,
+    normals_from_depth,
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +133,47 @@ def test_depth_of_linear_image_equals_depth_of_its_srgb_encoding(tiny_dpt):
 def test_estimators_refuse_non_rgb(tiny_dpt):
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         DepthEstimator(str(tiny_dpt), device="cpu")(torch.rand(8, 8, 4))
+
+
+def _plane_z(h: int, w: int, k: torch.Tensor, normal: torch.Tensor, offset: float) -> torch.Tensor:
+    """[H, W] camera z of the plane n . X = offset (OpenCV camera frame)."""
+    rays = camera_points_from_depth(torch.ones(1, h, w, 1), k)[0]
+    return offset / (rays @ normal)
+
+
+def test_normal_estimator_loads_like_depth_and_returns_camera_frame_normals(tiny_dpt):
+    est = NormalEstimator(str(tiny_dpt), device="cpu")
+    k = torch.tensor([[30.0, 0.0, 20.0], [0.0, 30.0, 12.0], [0.0, 0.0, 1.0]])
+    image = torch.rand(24, 40, 3)
+    n = est(image, k)
+    assert n.shape == (24, 40, 3) and n.dtype == torch.float32 and torch.isfinite(n).all()
+    length = n.norm(dim=-1)
+    assert ((length - 1).abs() < 1e-5).logical_or(length == 0).all()
+    torch.testing.assert_close(est(image, k.numpy()), n)
+    # the wiring: depth -> camera z -> normals
+    torch.testing.assert_close(n, normals_from_depth(est.camera_z(est.depth(image))[None, ..., None], k)[0])
+    with pytest.raises(ModelNotFoundError, match="normal.pretrained_model_name_or_path"):
+        NormalEstimator(None)
+
+
+@pytest.mark.parametrize("prediction", ["inverse_depth", "depth"])
+def test_normal_estimator_turns_the_prediction_into_the_plane_normal(tiny_dpt, prediction, monkeypatch):
+    """The model's output (here replaced by a plane's scaled inverse depth, or scaled depth) gives
+    the plane's normal exactly: the unknown scale of monocular depth does not change normals."""
+    est = NormalEstimator(str(tiny_dpt), device="cpu", prediction=prediction)
+    h, w = 24, 40
+    k = torch.tensor([[30.0, 0.0, 20.0], [0.0, 32.0, 12.0], [0.0, 0.0, 1.0]])
+    normal = torch.nn.functional.normalize(torch.tensor([0.2, -0.3, -1.0]), dim=0)
+    z = _plane_z(h, w, k, normal, -3.0)
+    out = 7.0 / z if prediction == "inverse_depth" else 0.25 * z
+    out[5, 7] = 0.0  # no prediction there
+    monkeypatch.setattr(est, "depth", lambda image: out)
+    n = est(torch.rand(h, w, 3), k)
+    zero = n.norm(dim=-1) == 0
+    assert zero[5, 7] and zero[4, 7] and zero[5, 8]
+    inner = ~zero
+    inner[0], inner[-1], inner[:, 0], inner[:, -1] = False, False, False, False
+    assert inner.sum() == (h - 2) * (w - 2) - 5
+    assert (n[inner] - normal).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="prediction must be"):
+        NormalEstimator(str(tiny_dpt), device="cpu", prediction="disparity")

@@ -1,4 +1,5 @@
-"""Diffusion priors and pretrained estimators: SDS, ControlNet-SDS, inpainting, panoramas.
+"""Diffusion priors and pretrained estimators: SDS, ControlNet-SDS, inpainting, panoramas, and
+monocular depth, camera-frame normals and segmentation.
 
 Colour contract: every image these modules take or return is float32 linear RGB in [0, 1]
 ([H, W, 3] or [B, H, W, 3]), as everywhere in layerforge. The models were trained on sRGB, so
@@ -12,7 +13,7 @@ is loaded.
 """
 
 from layerforge.models.guidance.controlnet import ControlNetSDSConfig, ControlNetSDSGuidance
-from layerforge.models.guidance.estimators import DepthEstimator, Segment, Segmenter
+from layerforge.models.guidance.estimators import DepthEstimator, NormalEstimator, Segment, Segmenter
 from layerforge.models.guidance.inpaint import InpaintConfig, Inpainter
 from layerforge.models.guidance.loading import LoadOptions, load_model, load_pipeline
 from layerforge.models.guidance.openpose import draw_openpose, project_points
@@ -28,7 +29,7 @@ from layerforge.models.guidance.sds import (
 
 __all__ = [
     "ControlNetSDSConfig", "ControlNetSDSGuidance", "DepthEstimator", "InpaintConfig", "Inpainter", "LoadOptions",
-    "PanoramaConfig", "PanoramaGenerator", "SDSConfig", "SDSGuidance", "SDSOutput", "Segment", "Segmenter",
-    "draw_openpose", "load_model", "load_pipeline", "project_points", "sds_surrogate_loss", "sds_weighting",
-    "seam_error", "visibility_weight_map",
+    "NormalEstimator", "PanoramaConfig", "PanoramaGenerator", "SDSConfig", "SDSGuidance", "SDSOutput", "Segment",
+    "Segmenter", "draw_openpose", "load_model", "load_pipeline", "project_points", "sds_surrogate_loss",
+    "sds_weighting", "seam_error", "visibility_weight_map",
 ]

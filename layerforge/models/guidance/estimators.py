@@ -1,6 +1,6 @@
-"""Monocular depth and segmentation behind small interfaces, backed by transformers pipelines.
+"""Monocular depth, normals and segmentation behind small interfaces, backed by transformers pipelines.
 
-Colour contract: both take our images, float [H, W, 3] *linear* RGB in [0, 1], and sRGB-encode
+Colour contract: all take our images, float [H, W, 3] *linear* RGB in [0, 1], and sRGB-encode
 them to 8 bits (what the models were trained on, and what the pipelines' image loaders take)
 right before the pipeline call (:func:`_to_pil`).
 
@@ -20,6 +20,7 @@ import torch
 from layerforge.assets.types import linear_to_srgb
 from layerforge.errors import ModelNotFoundError
 from layerforge.models.guidance.loading import is_offline, resolve_device, resolve_dtype
+from layerforge.renderers.depth_normals import MAX_INCIDENCE_DEG, normals_from_depth
 
 HF_LAYOUT = "config.json, model weights (*.safetensors) and preprocessor_config.json"
 
@@ -79,6 +80,61 @@ class DepthEstimator:
         pred = self.pipe(_to_pil(image))["predicted_depth"].float()
         pred = pred.reshape(1, 1, *pred.shape[-2:])
         return torch.nn.functional.interpolate(pred, (h, w), mode="bilinear", align_corners=False)[0, 0].cpu()
+
+
+class NormalEstimator:
+    """Camera-frame normals from monocular depth: a :class:`DepthEstimator` (same loading path and
+    models), its prediction turned into camera z, then
+    :func:`~layerforge.renderers.depth_normals.normals_from_depth` with the view's intrinsics.
+
+    Monocular depth is relative, so these normals are only as good as the assumption that turns
+    the prediction into camera z (up to one scale, which normals do not see):
+
+    - ``prediction="inverse_depth"`` (default; DPT / MiDaS and relative Depth Anything, whose
+      ``predicted_depth`` grows towards the camera): the output is taken as ``scale / z``, i.e.
+      its affine shift is assumed 0, and inverted; ``z = 1 / prediction``, unknown where the
+      prediction is <= 0. These models are trained affine-invariant in inverse depth, so a
+      non-zero true shift bends planes and tilts the normals; no shift can be recovered from
+      one image.
+    - ``prediction="depth"`` (metric models, e.g. ZoeDepth, metric Depth Anything): the output
+      is camera z as is (any scale), unknown where <= 0.
+
+    The intrinsics must be the image's (pixels, at its size): a wrong focal length tilts every
+    normal off the optical axis.
+    """
+
+    PREDICTIONS = ("inverse_depth", "depth")
+
+    def __init__(self, pretrained_model_name_or_path: str | None, *, key: str = "normal.pretrained_model_name_or_path",
+                 prediction: str = "inverse_depth", max_incidence_deg: float = MAX_INCIDENCE_DEG, device: str = "auto",
+                 dtype: str = "float32", offline: bool | None = None) -> None:
+        if prediction not in self.PREDICTIONS:
+            raise ValueError(f"prediction must be one of {self.PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
+        self.max_incidence_deg = float(max_incidence_deg)
+        self.depth = DepthEstimator(pretrained_model_name_or_path, key=key, device=device, dtype=dtype,
+                                    offline=offline)
+
+    def camera_z(self, prediction: torch.Tensor) -> torch.Tensor:
+        """[H, W] model output -> [H, W] float32 camera z up to one scale (0 unknown), as the class says."""
+        pred = prediction.float()
+        known = torch.isfinite(pred) & (pred > 0)
+        safe = torch.where(known, pred, torch.ones_like(pred))
+        z = 1.0 / safe if self.prediction == "inverse_depth" else safe
+        return torch.where(known & torch.isfinite(z), z, torch.zeros_like(z))
+
+    def __call__(self, image: torch.Tensor | np.ndarray, K: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """image: [H, W, 3] float linear RGB in [0, 1]; K: [3, 3] its intrinsics in pixels.
+
+        Returns [H, W, 3] float32 unit normals in the view's OpenCV camera frame (+x right, +y
+        down, +z forward), facing the camera, 0 where unknown (see :func:`normals_from_depth`:
+        1-pixel border, depth discontinuities, prediction <= 0).
+        """
+        k = torch.as_tensor(K, dtype=torch.float32).cpu()
+        if k.shape != (3, 3):
+            raise ValueError(f"need intrinsics K [3, 3], got shape {tuple(k.shape)}")
+        z = self.camera_z(self.depth(image))
+        return normals_from_depth(z[None, ..., None], k, max_incidence_deg=self.max_incidence_deg)[0]
 
 
 @dataclasses.dataclass
