@@ -208,4 +208,4 @@ def views_in_frame(views: CameraSet, frame: SceneFrame) -> CameraSet:
     w2c[:, :3, 3] = (w2c[:, :3, :3] @ c + w2c[:, :3, 3]) / s
     cams = replace(views.cameras, world_to_camera=w2c, near=views.cameras.near / s, far=views.cameras.far / s)
     depths = None if views.depths is None else views.depths / s
-    return CameraSet(cams, views.images, views.masks, depths, list(views.names))
+    return replace(views, cameras=cams, depths=depths)  # images, masks, names, camera-frame normals: unchanged

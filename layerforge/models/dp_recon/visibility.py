@@ -45,9 +45,16 @@ Read from the authors' code (our own implementation; paths are inside their repo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from layerforge.models.fields.base import Field
+from layerforge.models.fields.render import SamplerConfig, render_rays
+from layerforge.renderers.cameras import Camera, generate_rays
+from layerforge.renderers.volume import midpoints
 
 # Grid resolution per axis: VisGrid(resolution=256), code/model/VisField.py; METHODS.md "dense 256^3".
 VISGRID_RESOLUTION = 256
@@ -258,6 +265,67 @@ class VisibilityGrid(nn.Module):
         self.values.data.copy_(out[0, 0])
 
 
+def ray_transmittance(field: Field, origins: Tensor, directions: Tensor, sampler: SamplerConfig,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Samples of R rays through ``field`` and the transmittance before each.
+
+    Args:
+        field: any field (the composed scene SDF for the grid's fit).
+        origins, directions: [R, 3] world rays (unit directions).
+        sampler: the recon stage's sampling.
+
+    Returns:
+        points [R, S, 3] (interval midpoints), transmittance [R, S] ``T_i = 1 - sum_{j<i} w_j``
+        (exactly ``exp(-sum_{j<i} sigma_j delta_j)`` of the render's weights), weights [R, S].
+    """
+    r = render_rays(field, origins, directions, sampler, generator=generator)
+    w = r["weights"]
+    t, _ = midpoints(r["edges"])
+    points = origins[:, None] + directions[:, None] * t[..., None]
+    before = torch.cumsum(w, dim=-1) - w
+    return points, (1.0 - before).clamp(0.0, 1.0), w
+
+
+def fit_visibility_grid(grid: VisibilityGrid, field: Field, cameras: Camera, sampler: SamplerConfig, *,
+                        method: str = "learned", passes: int = VISGRID_OPTIM_PASSES, chunk_rays: int = 8192,
+                        lr: float = VISGRID_LR, progress: Callable[[int, int], None] | None = None) -> None:
+    """Fill ``grid`` from every pixel of the input ``cameras`` (no gradient into ``field``).
+
+    ``method="learned"``: the authors' procedure, ``passes`` passes over the images, one Adam
+    step of :meth:`VisibilityGrid.fit_step` per image on the hinge summed over its ray chunks.
+    ``method="max"``: one pass of the exact :meth:`VisibilityGrid.update_max` (ours).
+    ``progress(done, total)`` is called after each image.
+    """
+    if method not in ("learned", "max"):
+        raise ValueError(f"visibility method must be 'learned' or 'max', got {method!r}")
+    origins, dirs = generate_rays(cameras)
+    n = len(cameras)
+    rounds = passes if method == "learned" else 1
+    opt = grid.make_optimizer(lr) if method == "learned" else None
+    was_training = field.training
+    field.eval()
+    try:
+        for p in range(rounds):
+            for i in range(n):
+                o, d = origins[i].reshape(-1, 3), dirs[i].reshape(-1, 3)
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+                for s in range(0, o.shape[0], chunk_rays):
+                    with torch.no_grad():
+                        pts, trans, _ = ray_transmittance(field, o[s:s + chunk_rays], d[s:s + chunk_rays], sampler)
+                    if opt is None:
+                        grid.update_max(pts, trans)
+                    else:
+                        # the authors sum the per-chunk means over an image before the step
+                        grid.loss(pts, trans).backward()
+                if opt is not None:
+                    opt.step()
+                if progress is not None:
+                    progress(p * n + i + 1, rounds * n)
+    finally:
+        field.train(was_training)
+
+
 def texture_sds_mask(v: Tensor, threshold: float = TEXTURE_VIS_THRESHOLD) -> Tensor:
     """Texture-stage RGB SDS weight: 1 where ``v < threshold``, 0 where ``v >= threshold``.
 
@@ -273,19 +341,21 @@ def texture_sds_mask(v: Tensor, threshold: float = TEXTURE_VIS_THRESHOLD) -> Ten
 
 
 __all__ = [
-    "VisibilityGrid",
-    "gaussian_kernel_3d",
-    "texture_sds_mask",
-    "VISGRID_RESOLUTION",
-    "VISGRID_HALF_EXTENT",
-    "VISGRID_FILL",
-    "VISGRID_INIT_ITER",
-    "VISGRID_OPTIM_PASSES",
-    "VISGRID_LR",
-    "VISGRID_ADAM_BETAS",
-    "VISGRID_ADAM_EPS",
+    "RENDER_MAX",
     "SMOOTH_KERNEL_SIZE",
     "SMOOTH_SIGMA",
-    "RENDER_MAX",
     "TEXTURE_VIS_THRESHOLD",
+    "VISGRID_ADAM_BETAS",
+    "VISGRID_ADAM_EPS",
+    "VISGRID_FILL",
+    "VISGRID_HALF_EXTENT",
+    "VISGRID_INIT_ITER",
+    "VISGRID_LR",
+    "VISGRID_OPTIM_PASSES",
+    "VISGRID_RESOLUTION",
+    "VisibilityGrid",
+    "fit_visibility_grid",
+    "gaussian_kernel_3d",
+    "ray_transmittance",
+    "texture_sds_mask",
 ]

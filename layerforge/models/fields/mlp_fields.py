@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,21 +18,27 @@ from torch import Tensor, nn
 from layerforge.renderers.volume import volsdf_density
 
 from .base import Field, FieldOutput, normalize_aabb
-from .encodings import NERF_DIRECTION_FREQUENCIES, DenseGrid, Encoding, PositionalEncoding
+from .encodings import (
+    NERF_DIRECTION_FREQUENCIES,
+    DenseGrid,
+    Encoding,
+    PositionalEncoding,
+)
 from .hashgrid import HashGrid, HashGridConfig
 
 __all__ = [
     "MLP",
-    "EncodingConfig",
-    "make_encoding",
-    "DensityFieldConfig",
-    "DensityField",
-    "SDFFieldConfig",
-    "SDFField",
-    "LaplaceDensity",
-    "trunc_exp",
     "VOLSDF_BETA_INIT",
     "VOLSDF_BETA_MIN",
+    "DensityField",
+    "DensityFieldConfig",
+    "EncodingConfig",
+    "LaplaceDensity",
+    "SDFField",
+    "SDFFieldConfig",
+    "box_sdf",
+    "make_encoding",
+    "trunc_exp",
 ]
 
 # DP-Recon / VolSDF (shared METHODS.md): Laplace scale beta initialised to 0.1.
@@ -252,6 +259,13 @@ class SDFFieldConfig:
             negative r gives an inside-out sphere (a room seen from inside); 0 disables it.
         beta_init: VolSDF beta at the start (DP-Recon: 0.1).
         num_semantics: C > 0 adds a semantic-logit head.
+        confine_to_aabb: the SDF is ``max(min(sdf, m), box_sdf)``, the intersection with the
+            field's box, so nothing is ever solid outside it (ours: per-object boxes keep an
+            object's field from growing floaters elsewhere in the scene). The network's SDF is
+            capped at ``m = confine_margin x`` the box's smallest extent, which makes the
+            field exactly ``box_sdf`` wherever that exceeds m: the network is not evaluated
+            there (most of a scene, for a small object's box).
+        confine_margin: m as a fraction of the box's smallest extent.
     """
 
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
@@ -263,6 +277,17 @@ class SDFFieldConfig:
     sphere_radius: float = 0.5
     beta_init: float = VOLSDF_BETA_INIT
     num_semantics: int = 0
+    confine_to_aabb: bool = False
+    confine_margin: float = 0.5
+
+
+def box_sdf(points: Tensor, aabb: Tensor) -> Tensor:
+    """Exact signed distance [..., 1] (metres, negative inside) of points [..., 3] to the box aabb [2, 3]."""
+    lo, hi = aabb[0].to(points), aabb[1].to(points)
+    q = (points - 0.5 * (lo + hi)).abs() - 0.5 * (hi - lo)
+    outside = q.clamp_min(0.0).norm(dim=-1, keepdim=True)
+    inside = q.amax(-1, keepdim=True).clamp_max(0.0)
+    return outside + inside
 
 
 class SDFField(Field):
@@ -285,7 +310,22 @@ class SDFField(Field):
         self.laplace = LaplaceDensity(config.beta_init)
 
     def sdf_and_feature(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """points [..., 3] -> sdf [..., 1] metres and geometry feature [..., geo_features]."""
+        """points [..., 3] -> sdf [..., 1] metres and geometry feature [..., geo_features] (0
+        where a confined field is the box's SDF alone)."""
+        if not self.config.confine_to_aabb:
+            return self._network_sdf(points)
+        box = box_sdf(points, self.aabb)
+        cap = self.config.confine_margin * float((self.aabb[1] - self.aabb[0]).min())
+        near = box[..., 0] < cap
+        sdf = box.clone()
+        feat = points.new_zeros((*points.shape[:-1], self.config.geo_features))
+        if bool(near.any()):
+            net, f = self._network_sdf(points[near])
+            sdf[near] = torch.maximum(net.clamp_max(cap), box[near])
+            feat[near] = f.to(feat.dtype)
+        return sdf, feat
+
+    def _network_sdf(self, points: Tensor) -> tuple[Tensor, Tensor]:
         u = normalize_aabb(points, self.aabb)
         h = self.geo(torch.cat([self.encoding(u), 2.0 * u - 1.0], dim=-1))
         sdf = h[..., :1]
