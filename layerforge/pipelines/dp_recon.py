@@ -34,10 +34,14 @@ import torch
 from layerforge.errors import InputError
 from layerforge.pipelines.context import StageContext
 from layerforge.pipelines.dp_recon_config import (
+    BackgroundConfig,
+    EvaluateConfig,
+    ExportConfig,
     MeshConfig,
     ModelConfig,
     PrepareConfig,
     ReconConfig,
+    TextureConfig,
 )
 from layerforge.pipelines.stage import INPUT, Stage
 
@@ -245,7 +249,7 @@ def mesh(ctx: StageContext) -> None:
     views = ctx.load("views")
     names = ["background", *[str(n) for n in objects["names"]]]
     boxes = [(np.full(3, -1.0), np.full(3, 1.0))] + [(np.asarray(lo), np.asarray(hi)) for lo, hi in _boxes(objects)]
-    folder = ctx.output("meshes_parts")
+    folder = ctx.folder / "parts"
     folder.mkdir(parents=True, exist_ok=True)
 
     def work(k: int) -> None:
@@ -262,7 +266,8 @@ def mesh(ctx: StageContext) -> None:
         if k == 0:
             centres = views.cameras.center.reshape(-1, 3).double().numpy()
             part = tsdf_filter(part, centres, voxel=cfg.tsdf_voxel, trunc=cfg.tsdf_trunc_voxels * cfg.tsdf_voxel,
-                               image_size=cfg.tsdf_image_size, fov_deg=cfg.tsdf_fov_deg, seed=ctx.seed)
+                               image_size=cfg.tsdf_image_size, fov_deg=cfg.tsdf_fov_deg, seed=ctx.seed,
+                               azimuth_bin_deg=cfg.tsdf_azimuth_bin_deg, elevation_bin_deg=cfg.tsdf_elevation_bin_deg)
         save_artifact({"vertices": part.vertices, "faces": part.faces}, folder / f"{k:03d}")
 
     done = ctx.each(list(range(len(names))), work, key=lambda k: names[k], desc="marching cubes")
@@ -272,7 +277,224 @@ def mesh(ctx: StageContext) -> None:
         parts.append(Part(names[k], Mesh(arrays["vertices"], arrays["faces"]), layer="background" if k == 0 else "objects",
                           metadata={"instance": k}))
     ctx.save("meshes", LayeredAsset("scene", parts, metadata={"method": "DP-Recon", "frame": "optimisation"}))
-    ctx.record(meshes=len(parts), faces={p.name: len(p.mesh.faces) for p in parts})
+    ctx.record(meshes=len(parts), faces={p.name: len(p.geometry.faces) for p in parts})
+
+
+
+# ---- background -------------------------------------------------------------------------
+PANORAMA_CENTRE = (0.0, 0.0, 0.0)  # the scene centre of the optimisation frame (prepare's normalisation)
+
+
+def background(ctx: StageContext) -> None:
+    from layerforge.assets.atomic import atomic_write_bytes
+    from layerforge.assets.types import texture_to_png
+    from layerforge.models.dp_recon import (
+        choose_panorama,
+        panorama_candidates,
+        render_background_panorama,
+        unseen_mask,
+    )
+    from layerforge.models.guidance.inpaint import Inpainter
+
+    cfg: BackgroundConfig = ctx.typed("background")
+    m: ModelConfig = ctx.typed("model")
+    field, grid, _ = _trained(ctx)
+    pano = render_background_panorama(field, grid, torch.tensor(PANORAMA_CENTRE, device=ctx.device), cfg.height,
+                                      cfg.width, m.sampler(perturb=False), chunk_rays=cfg.chunk_rays)
+    rgb = pano["rgb"].clamp(0, 1).cpu()
+    mask = unseen_mask(pano["visibility"].cpu(), cfg.unseen_threshold)
+    inpainter = Inpainter({"pretrained_model_name_or_path": cfg.inpaint_model, "prompt": cfg.prompt},
+                          key="background.inpaint_model")
+    candidates = panorama_candidates(rgb, mask, inpainter, cfg.candidates, ctx.seed, cfg.prompt)
+    chosen, scores = choose_panorama(candidates, mask)
+    ctx.save("panorama", {"rgb": candidates[chosen].numpy(), "rendered": rgb.numpy(), "unseen": mask.numpy(),
+                          "visibility": pano["visibility"].cpu().numpy(), "centre": np.asarray(PANORAMA_CENTRE),
+                          "scores": np.array([s["total"] for s in scores])})
+    atomic_write_bytes(ctx.preview_path("panorama.png"), texture_to_png(candidates[chosen].numpy(), srgb=True))
+    atomic_write_bytes(ctx.preview_path("panorama_unseen.png"),
+                       texture_to_png(np.repeat(mask.numpy()[..., None].astype(np.float32), 3, -1), srgb=False))
+    ctx.record(unseen_fraction=float(mask.float().mean()), chosen=chosen, candidates=len(candidates),
+               inpainter=inpainter.backend, scores=[round(s["total"], 6) for s in scores])
+
+
+# ---- texture ----------------------------------------------------------------------------
+def _scene_parts(ctx: StageContext, grid):
+    """The meshes (optimisation frame) as a TexturedScene with per-vertex visibility."""
+    from layerforge.models.dp_recon import TexturedScene
+
+    asset = ctx.load("meshes")
+    verts = [torch.from_numpy(p.geometry.vertices).float().to(ctx.device) for p in asset.parts]
+    with torch.no_grad():
+        vis = [grid.query(v).clamp(0.0, 1.0) for v in verts]
+    faces = [torch.from_numpy(p.geometry.faces).long().to(ctx.device) for p in asset.parts]
+    return asset, TexturedScene(verts, faces, vis)
+
+
+def _texture_field(ctx: StageContext, asset):
+    from layerforge.models.dp_recon import TextureField, TextureFieldConfig
+    from layerforge.models.fields.hashgrid import HashGridConfig
+
+    cfg: TextureConfig = ctx.typed("texture")
+    pts = np.concatenate([p.geometry.vertices for p in asset.parts])
+    pad = 0.02 * float((pts.max(0) - pts.min(0)).max())
+    aabb = torch.tensor(np.stack([pts.min(0) - pad, pts.max(0) + pad]), dtype=torch.float32)
+    return TextureField(aabb, TextureFieldConfig(hashgrid=HashGridConfig(**cfg.hashgrid),
+                                                 hidden=tuple(cfg.hidden))).to(ctx.device)
+
+
+def texture(ctx: StageContext) -> None:
+    from layerforge.assets.types import LayeredAsset, Part
+    from layerforge.models.dp_recon import (
+        PanoramaLoss,
+        TextureBatches,
+        TextureRGBLoss,
+        TextureSDSLoss,
+        object_orbit_views,
+        textured_mesh,
+    )
+    from layerforge.models.optimisation import ParamGroup
+    from layerforge.pipelines.artifacts import load_artifact, save_artifact
+    from layerforge.pipelines.optimise import OptimiseConfig, optimise
+
+    cfg: TextureConfig = ctx.typed("texture")
+    _, grid, objects = _trained(ctx)
+    views = ctx.load("views")
+    pano = ctx.load("panorama")
+    asset, scene = _scene_parts(ctx, grid)
+    field = _texture_field(ctx, asset)
+    w = dict(cfg.weights)
+    terms = [TextureRGBLoss(scene, weight=w.get("rgb")), PanoramaLoss(scene, weight=w.get("panorama"))]
+    sds_views = {}
+    if cfg.sds_model:
+        from layerforge.models.dp_recon import TEXTURE_GUIDANCE
+        from layerforge.models.guidance import SDSGuidance
+
+        guidance = SDSGuidance({**TEXTURE_GUIDANCE, "pretrained_model_name_or_path": cfg.sds_model,
+                                "device": "cuda" if ctx.device.type == "cuda" else "cpu"})
+        names = [p.name for p in asset.parts]
+        prompts = {i: str(objects["prompts"][int(p.metadata.get("instance", i)) - 1]) for i, p in enumerate(asset.parts)
+                   if p.name != "background"}
+        sds_views = {i: object_orbit_views(np.stack(asset.parts[i].geometry.bounds()), n=1, size=cfg.sds_resolution,
+                                           device=ctx.device) for i in prompts}
+        terms.append(TextureSDSLoss(guidance, scene, prompts, weight=w.get("sds")))
+        log.info("texture: RGB SDS on %s", ", ".join(names[i] for i in prompts))
+    batches = TextureBatches(views, cfg.views_per_step, panorama=torch.from_numpy(pano["rgb"]),
+                             pano_center=tuple(pano["centre"].tolist()), pano_views=cfg.pano_views,
+                             pano_size=cfg.pano_size, sds_views=sds_views, device=ctx.device)
+    groups = [ParamGroup("encoding", list(field.encoding.parameters()), cfg.lr),
+              ParamGroup("mlp", list(field.mlp.parameters()), cfg.lr)]
+    figures = optimise(ctx, field, groups, terms, batches,
+                       OptimiseConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every))
+    field.eval()
+    folder = ctx.folder / "parts"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def bake(i: int) -> None:
+        part = asset.parts[i]
+        mesh = textured_mesh(field, part.geometry, cfg.texture_size, cfg.pad_px, name=part.name)
+        save_artifact(LayeredAsset(part.name, [Part(part.name, mesh, layer=part.layer, metadata=dict(part.metadata))]),
+                      folder / f"{i:03d}")
+
+    done = ctx.each(list(range(len(asset.parts))), bake, key=lambda i: asset.parts[i].name, desc="bake")
+    parts = [load_artifact(folder / f"{i:03d}.glb", "asset").parts[0] for i in done]
+    ctx.save("textured", LayeredAsset("scene", parts, metadata={"method": "DP-Recon", "frame": "optimisation"}))
+    ctx.record(**{f"final_{k}": v for k, v in figures.items()}, textured=len(parts))
+
+
+# ---- evaluate ---------------------------------------------------------------------------
+def _render_textured(asset, cameras):
+    from layerforge.renderers.mesh import render_textured_parts
+
+    parts = asset.parts
+    return render_textured_parts([torch.from_numpy(p.geometry.vertices) for p in parts],
+                                 [torch.from_numpy(p.geometry.faces) for p in parts],
+                                 [torch.from_numpy(p.geometry.uvs) for p in parts],
+                                 [torch.from_numpy(p.geometry.material.base_color_texture[..., :3]) for p in parts],
+                                 cameras)
+
+
+def evaluate(ctx: StageContext) -> None:
+    from layerforge.assets.atomic import atomic_write_json
+    from layerforge.assets.types import linear_to_srgb
+    from layerforge.models.image_metrics import mask_iou, psnr, ssim
+
+    asset = ctx.load("textured")
+    test = ctx.load("test_views")
+    out = _render_textured(asset, test.cameras)
+    pred, gt = linear_to_srgb(out.rgb.clamp(0, 1)), linear_to_srgb(test.images)  # the papers score sRGB images
+    part_instance = torch.tensor([int(p.metadata.get("instance", 0)) for p in asset.parts])
+    pid = out.extras["part_id"]
+    seg = torch.where(pid >= 0, part_instance[pid.clamp_min(0)], torch.zeros_like(pid))
+    ids = test.masks
+    metrics = {"psnr": psnr(pred, gt, ids >= 0), "ssim": ssim(pred, gt), "views": len(test)}
+    for p in asset.parts:
+        k = int(p.metadata.get("instance", 0))
+        if k > 0:
+            metrics[f"psnr_{p.name}"] = psnr(pred, gt, ids == k)
+            metrics[f"iou_{p.name}"] = mask_iou(seg == k, ids == k)
+    atomic_write_json(ctx.output("metrics", ".json"), metrics)
+    ctx.save("test_renders", {"rgb": out.rgb.clamp(0, 1).numpy(), "segmentation": seg.numpy()})
+    ctx.record(**metrics)
+
+
+# ---- export -----------------------------------------------------------------------------
+OBJECT_PALETTE = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.9, 0.7, 0.0), (0.7, 0.1, 0.8),
+                  (0.0, 0.7, 0.7), (0.9, 0.4, 0.0), (0.4, 0.4, 0.4))
+
+
+def export(ctx: StageContext) -> None:
+    from layerforge.assets.atomic import atomic_write_json
+    from layerforge.assets.export import export_asset
+    from layerforge.assets.frame import SCENE_FRAME_FILE, SceneFrame
+    from layerforge.assets.types import LayeredAsset, Part
+
+    cfg: ExportConfig = ctx.typed("export")
+    asset = ctx.load("textured")
+    frame = ctx.load("frame")
+    world = LayeredAsset("scene", [Part(p.name, p.geometry.transformed(frame.to_world @ p.transform), layer=p.layer,
+                                        metadata={**p.metadata, "usd_visibility_variants": p.name != "background"})
+                                   for p in asset.parts], metadata={"method": "DP-Recon"})
+    staged = ctx.folder / "staged"
+    export_asset(world, staged, "scene", formats=tuple(cfg.formats))
+    for part in world.parts:  # one textured mesh per object too, as DCC users import them one by one
+        export_asset(LayeredAsset(part.name, [part]), staged / "objects", part.name,
+                     formats=tuple(f for f in cfg.formats if f in ("glb", "obj")))
+    atomic_write_json(staged / "metrics.json", json.loads(ctx.input("metrics").read_text()))
+    _comparison_previews(ctx, cfg.preview_size, asset)
+    SceneFrame().save(staged / SCENE_FRAME_FILE)  # deliverables are in the user's world: identity
+    ctx.publish(staged)
+
+
+def _comparison_previews(ctx: StageContext, height: int, asset) -> None:
+    """previews/compare_<view>.png per held-out view: input | ours | per object | visibility | SDS weight."""
+    from layerforge.assets.atomic import atomic_write_bytes
+    from layerforge.assets.types import texture_to_png
+    from layerforge.models.guidance.sds import (
+        SDS_NONE_VIS_REGION_MAX,
+        visibility_weight_map,
+    )
+    from layerforge.renderers.mesh import interpolate, rasterize
+
+    test = ctx.load("test_views")
+    renders = ctx.load("test_renders")
+    _, grid, _ = _trained(ctx)
+    seg = renders["segmentation"]
+    palette = np.array([(0.5, 0.5, 0.5), *OBJECT_PALETTE], np.float32)
+    objects = palette[np.where(seg >= 0, seg % len(palette), 0)] * (seg[..., None] > 0)
+    verts = torch.cat([torch.from_numpy(p.geometry.vertices) for p in asset.parts])
+    offsets = np.cumsum([0] + [len(p.geometry.vertices) for p in asset.parts[:-1]])
+    faces = torch.cat([torch.from_numpy(p.geometry.faces) + int(o) for p, o in zip(asset.parts, offsets)])
+    with torch.no_grad():
+        vis_v = grid.to("cpu").query(verts.float()).clamp(0, 1)[:, None]
+        frags = rasterize(verts.float(), faces, test.cameras.to(dtype=torch.float32))
+        vis = interpolate(vis_v, frags, faces)[..., 0].numpy()
+    weight = visibility_weight_map(torch.from_numpy(vis)).numpy() / SDS_NONE_VIS_REGION_MAX  # 1 = the largest weight
+    grey = (lambda a: np.repeat(np.clip(a, 0, 1)[..., None], 3, -1))
+    scale = max(1, round(height / test.cameras.height))
+    for i, name in enumerate(test.names):
+        strip = np.concatenate([test.images[i].numpy(), renders["rgb"][i], objects[i], grey(vis[i]), grey(weight[i])], 1)
+        strip = strip.repeat(scale, 0).repeat(scale, 1)  # nearest: the pixels the metrics saw
+        atomic_write_bytes(ctx.preview_path(f"compare_{name}.png"), texture_to_png(strip, srgb=True))
 
 
 _CONFIGS = {"model": ModelConfig, "recon": ReconConfig}
@@ -285,4 +507,18 @@ STAGES = {
     "mesh": Stage("mesh", mesh, needs=("model", "visibility", "objects", "views"), makes=("meshes",),
                   config_keys=("model", "recon", "mesh"), schemas={**_CONFIGS, "mesh": MeshConfig},
                   description="marching cubes per object, TSDF-filtered background"),
+    "background": Stage("background", background, needs=("model", "visibility", "objects"), makes=("panorama",),
+                        config_keys=("model", "recon", "background"), schemas={**_CONFIGS, "background": BackgroundConfig},
+                        description="background panorama, unseen pixels inpainted, deterministic choice"),
+    "texture": Stage("texture", texture, needs=("model", "visibility", "objects", "views", "meshes", "panorama"),
+                     makes=("textured",), config_keys=("model", "recon", "texture"),
+                     schemas={**_CONFIGS, "texture": TextureConfig},
+                     description="xatlas UVs, texture field fit (views, panorama, SDS), UV bake"),
+    "evaluate": Stage("evaluate", evaluate, needs=("textured", "test_views"), makes=("metrics", "test_renders"),
+                      config_keys=("evaluate",), schemas={"evaluate": EvaluateConfig},
+                      description="textured meshes re-rendered: PSNR, SSIM, mask IoU"),
+    "export": Stage("export", export, needs=("textured", "frame", "metrics", "test_views", "test_renders", "model",
+                                             "visibility", "objects"),
+                    config_keys=("model", "recon", "export"), schemas={**_CONFIGS, "export": ExportConfig},
+                    description="GLB / OBJ+MTL+PNG / USD / .blend per object and scene, metrics, previews"),
 }

@@ -133,6 +133,8 @@ class MeshConfig:
     tsdf_trunc_voxels: float = 3.0  # paper sdf_trunc = 3 voxels
     tsdf_image_size: int = 96  # anchor-view renders for the TSDF fusion (paper: the 1200 x 680 input size)
     tsdf_fov_deg: float = 90.0
+    tsdf_azimuth_bin_deg: float = 30.0  # paper: anchor views every 30 degrees of azimuth ...
+    tsdf_elevation_bin_deg: float = 30.0  # ... and of elevation, at every input camera
 
     def __post_init__(self) -> None:
         at_least("mesh.resolution", self.resolution, 8)
@@ -164,6 +166,8 @@ class TextureConfig:
     texture_size: int = 256  # baked UV map side (paper 2048)
     pad_px: int = 4
     weights: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pano_views: int = 2  # panorama crops per step (paper 8)
+    pano_size: int = 32  # their side in pixels (paper 384)
     sds_model: str | None = None  # a Stable Diffusion folder for the RGB SDS; null: no SDS
     sds_resolution: int = 64
     checkpoint_every: int = 100

@@ -27,6 +27,7 @@ from layerforge.renderers.mesh import (  # noqa: F401
     rasterize_clip,
     rasterize_uv,
     render_mesh,
+    render_textured_parts,
     sample_texture,
     shade_lambert,
 )

@@ -30,6 +30,7 @@ Visibility rules, identical in both backends (``torch`` reference, ``cuda`` kern
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "interpolate",
     "antialias",
     "sample_texture",
+    "render_textured_parts",
     "face_normals",
     "vertex_normals",
     "normal_map",
@@ -939,3 +941,52 @@ def render_mesh(
         normals=normal,
         extras={"face_id": frags.face_id, "barycentrics": frags.barycentrics},
     )
+
+
+def render_textured_parts(
+    vertices: Sequence[Tensor],
+    faces: Sequence[Tensor],
+    uvs: Sequence[Tensor],
+    textures: Sequence[Tensor],
+    cameras: Camera,
+    *,
+    background: float | Tensor = 0.0,
+    backend: str = "auto",
+) -> RenderOutput:
+    """Unlit render of several UV-textured meshes as one scene (baked radiance, e.g. DP-Recon's).
+
+    Args:
+        vertices: K tensors [V_k, 3], world metres. faces: K tensors [F_k, 3] into their own
+            vertices. uvs: K tensors [V_k, 2] per vertex (v up, see :func:`sample_texture`).
+        textures: K tensors [H_k, W_k, 3] linear colour.
+        cameras: B cameras.
+        background: colour where empty.
+
+    Returns:
+        :class:`RenderOutput`: ``rgb`` [B, H, W, 3] the texture colour of the visible surface
+        (no shading), ``alpha`` [B, H, W, 1] coverage (0/1), ``depth`` [B, H, W, 1] camera z,
+        extras ``part_id`` [B, H, W] int64 (k of the visible mesh, -1 where empty) and ``face_id``.
+    """
+    if not (len(vertices) == len(faces) == len(uvs) == len(textures)) or not vertices:
+        raise InputError(f"got {len(vertices)} / {len(faces)} / {len(uvs)} / {len(textures)} vertex / face / uv / "
+                         "texture sets", "pass one of each per part")
+    offsets = [0]
+    for v in vertices[:-1]:
+        offsets.append(offsets[-1] + len(v))
+    allv = torch.cat([torch.as_tensor(v).float() for v in vertices])
+    allf = torch.cat([torch.as_tensor(f).long() + o for f, o in zip(faces, offsets)])
+    alluv = torch.cat([torch.as_tensor(u).float() for u in uvs])
+    owner = torch.cat([torch.full((len(f),), k, dtype=torch.long) for k, f in enumerate(faces)]).to(allf.device)
+    frags = rasterize(allv, allf, cameras, backend)
+    uv = interpolate(alluv.to(frags.barycentrics), frags, allf)
+    hit = frags.mask
+    part = torch.where(hit, owner[frags.face_id.clamp_min(0)], torch.full_like(frags.face_id, -1))
+    rgb = torch.zeros((*hit.shape, 3), dtype=frags.barycentrics.dtype, device=hit.device)
+    for k, tex in enumerate(textures):
+        sel = part == k
+        if bool(sel.any()):
+            rgb[sel] = sample_texture(torch.as_tensor(tex).to(rgb), uv[sel][None, None], wrap="clamp")[0, 0]
+    mask = hit[..., None].to(rgb.dtype)
+    bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
+    return RenderOutput(rgb=rgb * mask + bg * (1.0 - mask), alpha=mask, depth=frags.depth[..., None],
+                        extras={"part_id": part, "face_id": frags.face_id})

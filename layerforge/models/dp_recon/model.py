@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from layerforge.models.fields.compose import ComposedSDFField
 from layerforge.models.fields.hashgrid import HashGridConfig
@@ -84,4 +85,11 @@ def build_scene_field(boxes: Sequence[tuple[Sequence[float], Sequence[float]]], 
         half = 0.5 * (np.asarray(hi, np.float64) - np.asarray(lo, np.float64))
         r = cfg.object_sphere_fraction * float(half.min())
         fields.append(SDFField((tuple(map(float, lo)), tuple(map(float, hi))), _sdf_config(cfg, r, cfg.confine_objects)))
+    for f in fields:
+        # start as the exact sphere (as MonoSDF's geometric init does): the MLP's SDF output row
+        # is zeroed, so a small object's sphere is not drowned by the random output offset
+        last = f.geo.net[-1]
+        with torch.no_grad():
+            last.weight[0].zero_()
+            last.bias[0].zero_()
     return ComposedSDFField(fields, beta_init=cfg.beta_init)

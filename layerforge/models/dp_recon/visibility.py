@@ -63,6 +63,8 @@ VISGRID_RESOLUTION = 256
 VISGRID_HALF_EXTENT = 1.1
 # Initial value of every voxel: VisGrid(fill_data=0.0), code/training/DPRecon_train.py.
 VISGRID_FILL = 0.0
+# Most bytes of input-view samples (points + transmittance) kept across the fit's passes (ours).
+VISGRID_CACHE_BYTES = 2**30
 # Iteration at which the grid is fitted: add_prior_iter = 35000, code/confs/replica_grid.conf.
 VISGRID_INIT_ITER = 35_000
 # Passes over all input views when fitting: visgrid_optim_iter = 20, code/confs/replica_grid.conf.
@@ -302,17 +304,30 @@ def fit_visibility_grid(grid: VisibilityGrid, field: Field, cameras: Camera, sam
     n = len(cameras)
     rounds = passes if method == "learned" else 1
     opt = grid.make_optimizer(lr) if method == "learned" else None
+    # the field is frozen and the sampler deterministic, so every pass sees the same samples:
+    # keep them when they fit the cache budget instead of rendering every image `passes` times
+    per_image = origins[0].numel() // 3 * (sampler.num_samples + sampler.num_importance) * 4 * 4
+    cache: dict[int, list[tuple[Tensor, Tensor]]] | None = {} if per_image * n <= VISGRID_CACHE_BYTES else None
     was_training = field.training
     field.eval()
+
+    def samples(i: int) -> list[tuple[Tensor, Tensor]]:
+        if cache is not None and i in cache:
+            return cache[i]
+        o, d = origins[i].reshape(-1, 3), dirs[i].reshape(-1, 3)
+        with torch.no_grad():
+            out = [ray_transmittance(field, o[s:s + chunk_rays], d[s:s + chunk_rays], sampler)[:2]
+                   for s in range(0, o.shape[0], chunk_rays)]
+        if cache is not None:
+            cache[i] = out
+        return out
+
     try:
         for p in range(rounds):
             for i in range(n):
-                o, d = origins[i].reshape(-1, 3), dirs[i].reshape(-1, 3)
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
-                for s in range(0, o.shape[0], chunk_rays):
-                    with torch.no_grad():
-                        pts, trans, _ = ray_transmittance(field, o[s:s + chunk_rays], d[s:s + chunk_rays], sampler)
+                for pts, trans in samples(i):
                     if opt is None:
                         grid.update_max(pts, trans)
                     else:
