@@ -158,8 +158,8 @@ def test_geometry_sds_with_a_tiny_random_model_gives_finite_gradients(tiny_sd):
 # ---------------------------------------------------------------- the oracle completes the back
 BOX = (0.36, 0.24, 0.28)  # ground-truth box extents, metres (x, y, z), centred at the origin
 FRONT_AZ = -90.0  # orbit_cameras azimuth of the -Y side: the object's front
-PRIOR_START = 300
-STEPS = 450
+PRIOR_START = 150
+STEPS = 300
 
 
 def _gt_box():
@@ -203,7 +203,8 @@ def _oracle_condition(size: int):
     return condition
 
 
-def _reconstruct(tmp_path, tiny_sd, prior_weight: float | None, name: str):
+def _reconstruct(tmp_path, tiny_sd, prior_weight: float | None, name: str, prior_start: int = PRIOR_START,
+                 steps: int = STEPS):
     from layerforge.pipelines.optimise import OptimiseConfig, Optimiser
 
     torch.manual_seed(0)  # the fields' initial weights
@@ -220,7 +221,7 @@ def _reconstruct(tmp_path, tiny_sd, prior_weight: float | None, name: str):
         groups = [ParamGroup("grid", [p for n, p in field.named_parameters() if "encoding" in n], 1e-2),
                   ParamGroup("mlp", [p for n, p in field.named_parameters() if "encoding" not in n], 1e-3)]
         opt = Optimiser(field, groups, seed=0)
-        opt.run(ctx, terms, rays, OptimiseConfig(steps=PRIOR_START, checkpoint_every=10_000), subfolder="a")
+        opt.run(ctx, terms, rays, OptimiseConfig(steps=prior_start, checkpoint_every=10_000), subfolder="a")
         fit_visibility_grid(grid, field, views.cameras, SamplerConfig(num_samples=32), method="max")
         extra = []
         if prior_weight is not None:
@@ -233,7 +234,7 @@ def _reconstruct(tmp_path, tiny_sd, prior_weight: float | None, name: str):
             extra = [GeometrySDSLoss(guidance, grid, [sampler], [1], ["a box"], SAMPLER,
                                      condition=_oracle_condition(16), weight=prior_weight)]
         opt.run(ctx, [*terms, *extra], rays,
-                OptimiseConfig(steps=STEPS - PRIOR_START, checkpoint_every=10_000, start_step=PRIOR_START), subfolder="b")
+                OptimiseConfig(steps=steps - prior_start, checkpoint_every=10_000, start_step=prior_start), subfolder="b")
         result["field"] = field
 
     run_one_stage(work, tmp_path / name)
@@ -260,13 +261,18 @@ def _back_completeness(field) -> float:
     return float(d.mean())
 
 
+def test_a_zero_sds_weight_is_exactly_the_no_prior_run(tmp_path, tiny_sd):
+    none, _ = _reconstruct(tmp_path, tiny_sd, None, "none", prior_start=10, steps=16)
+    zero, _ = _reconstruct(tmp_path, tiny_sd, 0.0, "zero", prior_start=10, steps=16)
+    for (k, a), b in zip(none.state_dict().items(), zero.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 @pytest.mark.slow
 def test_oracle_prior_completes_the_unseen_back(tmp_path, tiny_sd):
-    no_prior, _ = _reconstruct(tmp_path, tiny_sd, None, "none")
-    zero, _ = _reconstruct(tmp_path, tiny_sd, 0.0, "zero")
-    for a, b in zip(no_prior.state_dict().values(), zero.state_dict().values()):
-        assert torch.equal(a, b)  # a zero SDS weight is exactly the no-prior run
+    """Measured (150 + 150 steps, 2 cores): no prior 2.09 cm, oracle prior 0.84 cm (ratio 0.40)."""
+    no_prior, _ = _reconstruct(tmp_path, tiny_sd, 0.0, "none")
     oracle, _ = _reconstruct(tmp_path, tiny_sd, 2e-3, "oracle")
     c_none, c_oracle = _back_completeness(no_prior), _back_completeness(oracle)
     print(f"back completeness: no prior {c_none * 100:.2f} cm, oracle prior {c_oracle * 100:.2f} cm")
-    assert c_oracle < 0.75 * c_none
+    assert c_oracle < 0.6 * c_none

@@ -159,6 +159,7 @@ def _prior_term(ctx: StageContext, cfg: ReconConfig, objects, grid, sampler_cfg)
     p = cfg.prior
     shift = (lambda s: [p.start + s[0], s[1], s[2], p.start + s[3]])
     guidance = SDSGuidance({"pretrained_model_name_or_path": p.model, "latent_mode": "direct", "weighting": "fantasia3d",
+                            "latent_size": p.latent_size,
                             "guidance_scale": p.guidance_scale, "min_step_percent": shift(p.min_step_percent),
                             "max_step_percent": shift(p.max_step_percent), "dtype": p.dtype,
                             "device": "cuda" if ctx.device.type == "cuda" else "cpu",
@@ -370,6 +371,7 @@ def texture(ctx: StageContext) -> None:
         from layerforge.models.guidance import SDSGuidance
 
         guidance = SDSGuidance({**TEXTURE_GUIDANCE, "pretrained_model_name_or_path": cfg.sds_model,
+                                "latent_size": cfg.sds_latent_size,
                                 "device": "cuda" if ctx.device.type == "cuda" else "cpu"})
         names = [p.name for p in asset.parts]
         prompts = {i: str(objects["prompts"][int(p.metadata.get("instance", i)) - 1]) for i, p in enumerate(asset.parts)

@@ -82,6 +82,7 @@ class PriorConfig:
     weight: float = 1.0e-5  # in the recon loss (paper)
     views_per_object: int = 8  # paper batch 8
     resolution: int = 128  # paper 128
+    latent_size: int = 64  # the renders resized to this latent side (paper: SD-2.1-base's 64)
     objects_per_step: int | None = None  # null: every object each step (paper)
     guidance_scale: float = 50.0  # paper CFG 50
     # t range: min 0.20 -> 0.02, max 0.98 -> 0.40 linearly over SDS steps 2500 -> 5000 (paper);
@@ -170,6 +171,7 @@ class TextureConfig:
     pano_size: int = 32  # their side in pixels (paper 384)
     sds_model: str | None = None  # a Stable Diffusion folder for the RGB SDS; null: no SDS
     sds_resolution: int = 64
+    sds_latent_size: int = 64  # SD-2.1-base: 64 x 64 latents of 512 x 512 images
     checkpoint_every: int = 100
     hashgrid: dict[str, int] = dataclasses.field(default_factory=lambda: {
         "num_levels": 8, "features_per_level": 2, "log2_hashmap_size": 15, "base_resolution": 8, "max_resolution": 256})
