@@ -144,7 +144,7 @@ def test_kills_in_recon_mesh_and_texture_resume_to_the_same_result(tmp_path, sce
     common = [f"input={scene}", f"out={tmp_path}", *SMOKE]
     run = tmp_path / "dp_recon" / "killed"
     stages = run / "stages"
-    for marker in (stages / "recon" / "prior" / "checkpoint.pt", stages / "mesh" / "items",
+    for marker in (stages / "recon" / "prior" / "checkpoint.pt", stages / "mesh" / ".items",
                    stages / "texture" / "checkpoint.pt"):
         proc = _cli("run", "dp_recon", "run=killed", *common, wait=False)
         _kill_when(proc, marker)
@@ -170,6 +170,7 @@ def test_the_tiny_random_diffusion_model_runs_the_prior_and_texture_sds(tmp_path
     tiny = build_tiny_models(tmp_path / "models").sd
     proc = _cli("run", "dp_recon", f"input={scene}", f"out={tmp_path}", "run=p", *SMOKE, "recon.steps=20",
                 f"recon.prior.model={tiny}", "recon.prior.resolution=16", "recon.prior.views_per_object=1", "recon.prior.latent_size=8",
+                "recon.prior.start=16",
                 f"texture.sds_model={tiny}", "texture.sds_resolution=16", "texture.sds_latent_size=8", "texture.steps=6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     prior = [json.loads(line) for line in (tmp_path / "dp_recon" / "p" / "stages" / "recon" / "prior" /
@@ -177,6 +178,10 @@ def test_the_tiny_random_diffusion_model_runs_the_prior_and_texture_sds(tmp_path
     sds = [r["geometry_sds"] for r in prior if "geometry_sds" in r]
     assert len(sds) == 4 and all(np.isfinite(v) and v > 0 for v in sds)
     assert all(np.isfinite(r["total"]) for r in prior)
+    texture = [json.loads(line) for line in (tmp_path / "dp_recon" / "p" / "stages" / "texture" /
+                                              "metrics.jsonl").read_text().splitlines()]
+    assert len(texture) == 6 and all("sds" in r and np.isfinite(r["sds"]) for r in texture)
+    assert any(r["sds"] > 0 for r in texture)  # the unseen parts get the RGB prior
 
 
 def test_bad_inputs_are_one_line(tmp_path, scene):
