@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scene_metrics import chamfer_l1, gt_points, surface_points
 
 REPO = Path(__file__).resolve().parent.parent
 REMOVED, MOVED = 1, 2  # instance ids: the box is deleted, the sphere moved
@@ -108,30 +109,6 @@ def test_edits_match_cycles_renders_of_the_edited_scene(fitted):
     assert moved_alpha > 0.8  # the sphere is opaque where it now is
 
 
-def _chamfer_l1(a: np.ndarray, b: np.ndarray) -> float:
-    """Symmetric Chamfer-L1 (mean nearest-neighbour distance, both ways, halved) of point sets [N, 3], [M, 3] (m)."""
-    from scipy.spatial import cKDTree
-
-    return 0.5 * float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
-
-
-def _surface_points(v: np.ndarray, f: np.ndarray, n: int = 20000) -> np.ndarray:
-    import trimesh
-
-    pts, _ = trimesh.sample.sample_surface_even(trimesh.Trimesh(v, f, process=False), n, seed=0)
-    return np.asarray(pts)
-
-
-def _gt_points(scene: Path, name: str) -> np.ndarray:
-    """Points on the primitive's surface that a camera can see: its part below the ground plane
-    (z < 5 mm, the face it stands on) is never observed, so it is left out of the comparison."""
-    import trimesh
-
-    mesh = trimesh.load(scene / "gt" / f"{name}.ply", process=False)
-    pts = _surface_points(np.asarray(mesh.vertices), np.asarray(mesh.faces))
-    return pts[pts[:, 2] > 0.005]
-
-
 @pytest.mark.slow
 def test_object_meshes_match_the_ground_truth_primitives(fitted):
     from layerforge.assets.gltf import read_gltf
@@ -144,8 +121,8 @@ def test_object_meshes_match_the_ground_truth_primitives(fitted):
     for obj in gt["objects"]:
         part = parts[obj["name"]]
         mesh = part.geometry.transformed(part.transform)
-        ours = _surface_points(mesh.vertices, mesh.faces)
-        figures[obj["name"]] = _chamfer_l1(ours[ours[:, 2] > 0.005], _gt_points(scene, obj["name"]))
+        ours = surface_points(mesh.vertices, mesh.faces)
+        figures[obj["name"]] = chamfer_l1(ours[ours[:, 2] > 0.005], gt_points(scene, obj["name"]))
     print("chamfer_l1_m", figures)
     for name, cd in figures.items():
         assert cd < 0.022, (name, figures)  # 2.2 cm on objects 30-46 cm across
@@ -179,8 +156,8 @@ def test_the_comparison_helpers_on_known_shapes():
 
     xy = np.stack(np.meshgrid(np.linspace(0, 1, 30), np.linspace(0, 1, 30)), -1).reshape(-1, 2)
     a, b = np.c_[xy, np.zeros(len(xy))], np.c_[xy, np.full(len(xy), 0.01)]
-    assert abs(_chamfer_l1(a, b) - 0.01) < 1e-9
+    assert abs(chamfer_l1(a, b) - 0.01) < 1e-9
     box = trimesh.creation.box((0.1, 0.1, 0.1))
     box.apply_translation((0, 0, 0.05))
-    pts = _surface_points(np.asarray(box.vertices), np.asarray(box.faces), 6000)
+    pts = surface_points(np.asarray(box.vertices), np.asarray(box.faces), 6000)
     assert 0.77 < float((pts[:, 2] > 0.005).mean()) < 0.83  # 1 - 1/6 (base) - 4/6 x 5 % (side bands below 5 mm)

@@ -11,7 +11,7 @@ from layerforge.pipelines.schema import at_least, one_of, positive, require
 @dataclasses.dataclass
 class PrepareConfig:
     min_train_views: int = 3
-    max_train_views: int | None = None  # evenly spaced subset of the training views (sparse-view runs); null: all
+    max_train_views: int | None = 10  # evenly spaced subset of the training views (sparse-view runs); null: all
     scene_radius: float = 0.8  # cameras and surface fit this sphere (ours: the background sphere must enclose them)
     default_prompt: str = "a {name}"  # per-object prompt when prompts.json has none ({name}: the instance name)
     depth_model: str | None = None  # a transformers depth model when the views have no depth; null: none
@@ -28,16 +28,16 @@ class PrepareConfig:
 class ModelConfig:
     hashgrid: dict[str, int] = dataclasses.field(default_factory=lambda: {
         "num_levels": 8, "features_per_level": 2, "log2_hashmap_size": 15, "base_resolution": 8, "max_resolution": 128})
-    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # paper [256, 256]
     geo_features: int = 15
-    color_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+    color_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])  # paper [256, 256]
     view_dependent: bool = True
     beta_init: float = 0.1
     background_radius: float = 0.9
     object_sphere_fraction: float = 0.6
     confine_objects: bool = True
-    num_samples: int = 32
-    num_importance: int = 32
+    num_samples: int = 24
+    num_importance: int = 24
 
     def __post_init__(self) -> None:
         at_least("model.num_samples", self.num_samples, 2)
@@ -62,7 +62,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class VisibilityConfig:
-    start: int = 400  # step at which the grid is filled (paper add_prior_iter 35000)
+    start: int = 600  # step at which the grid is filled (paper add_prior_iter 35000)
     resolution: int = 64  # vertices per axis (paper 256)
     method: str = "learned"  # learned: the authors' hinge fit; max: exact running maximum (ours)
     passes: int = 20  # learned: passes over the input images (paper visgrid_optim_iter 20)
@@ -78,12 +78,12 @@ class VisibilityConfig:
 @dataclasses.dataclass
 class PriorConfig:
     model: str | None = None  # a Stable Diffusion 2.1-base folder or hub id; null: no geometry prior
-    start: int = 400  # first SDS step (paper add_prior_iter 35000)
+    start: int = 600  # first SDS step (paper add_prior_iter 35000)
     weight: float = 1.0e-5  # in the recon loss (paper)
-    views_per_object: int = 8  # paper batch 8
-    resolution: int = 128  # paper 128
+    views_per_object: int = 2  # paper batch 8
+    resolution: int = 32  # paper 128
     latent_size: int = 64  # the renders resized to this latent side (paper: SD-2.1-base's 64)
-    objects_per_step: int | None = None  # null: every object each step (paper)
+    objects_per_step: int | None = 1  # null: every object each step (paper)
     guidance_scale: float = 50.0  # paper CFG 50
     # t range: min 0.20 -> 0.02, max 0.98 -> 0.40 linearly over SDS steps 2500 -> 5000 (paper);
     # steps here are counted from prior.start
@@ -102,11 +102,11 @@ class PriorConfig:
 @dataclasses.dataclass
 class ReconConfig:
     steps: int = 800  # paper: the geometry run stops at add_color_prior_iter 75000 (Replica)
-    rays_per_step: int = 512  # paper num_pixels 1024 (a multiple of 32)
-    lr: float = 5.0e-3  # paper 5e-4 (Adam), hash grid x20
-    grid_lr_factor: float = 20.0  # paper lr_factor_for_grid
+    rays_per_step: int = 256  # paper num_pixels 1024 (a multiple of 32)
+    lr: float = 1.0e-3  # paper 5e-4 (Adam), hash grid x grid_lr_factor
+    grid_lr_factor: float = 10.0  # paper lr_factor_for_grid 20
     lr_decay_to: float = 0.1  # exponential decay to this fraction over the steps (MonoSDF's ExponentialLR to 0.1)
-    eikonal_points: int = 512  # uniform points per step for eikonal / smoothness / violation (paper: one per ray)
+    eikonal_points: int = 256  # uniform points per step for eikonal / smoothness / violation (paper: one per ray)
     weights: dict[str, Any] = dataclasses.field(default_factory=dict)  # override a loss weight by term name
     object_violation_start: int = 200  # paper add_objectvio_iter 10000
     checkpoint_every: int = 200
@@ -132,10 +132,10 @@ class MeshConfig:
     background_resolution: int = 96
     tsdf_voxel: float = 0.02  # paper 0.01 (voxel_length), optimisation frame
     tsdf_trunc_voxels: float = 3.0  # paper sdf_trunc = 3 voxels
-    tsdf_image_size: int = 96  # anchor-view renders for the TSDF fusion (paper: the 1200 x 680 input size)
+    tsdf_image_size: int = 64  # anchor-view renders for the TSDF fusion (paper: the 1200 x 680 input size)
     tsdf_fov_deg: float = 90.0
-    tsdf_azimuth_bin_deg: float = 30.0  # paper: anchor views every 30 degrees of azimuth ...
-    tsdf_elevation_bin_deg: float = 30.0  # ... and of elevation, at every input camera
+    tsdf_azimuth_bin_deg: float = 60.0  # paper 30: anchor views every 30 degrees of azimuth ...
+    tsdf_elevation_bin_deg: float = 60.0  # ... and of elevation (paper 30), at every input camera
 
     def __post_init__(self) -> None:
         at_least("mesh.resolution", self.resolution, 8)
