@@ -757,6 +757,21 @@ def bake_texture(
         if len(points) else torch.zeros(0, 3, device=device)
     tex = torch.zeros(*filled.shape, 3, device=device)
     tex[filled] = colour
+    # a triangle smaller than a texel may cover no texel centre at all (marching cubes makes
+    # many): its centroid's texel then takes the field's colour at its 3D centroid, so
+    # every triangle samples its own colour rather than black or a neighbouring island's
+    h, w = filled.shape
+    cuv = uv[faces].mean(1)  # [F, 2]
+    col = (cuv[:, 0] * w).long().clamp(0, w - 1)
+    row = ((1.0 - cuv[:, 1]) * h).long().clamp(0, h - 1)
+    empty = ~filled[row, col]
+    if bool(empty.any()):
+        centroids = verts[faces[empty]].mean(1)
+        with torch.no_grad():
+            tex[row[empty], col[empty]] = torch.cat([field(centroids[i : i + chunk]).float()
+                                                     for i in range(0, len(centroids), chunk)])
+        filled = filled.clone()
+        filled[row[empty], col[empty]] = True
     tex, _ = dilate_texture(tex, filled, pad_px)
     return tex.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
 
