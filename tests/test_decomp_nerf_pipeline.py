@@ -9,15 +9,12 @@ affords on 2 cores today; see the closing note of issue 11.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 SMOKE = [
     "train.steps=20", "train.rays_per_step=128", "train.checkpoint_every=10",
     "model.encoding=frequency", "model.sigma_bias_init=0.0", "model.num_samples=8", "model.num_importance=8", "model.width=32", "model.code_dim=8",
@@ -26,12 +23,7 @@ SMOKE = [
 ]
 
 
-def _cli(*args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "layerforge.cli", *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -26,25 +26,20 @@ margin for BLAS and thread-count differences between machines):
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 from scene_metrics import chamfer_l1, gt_points, surface_points
 
-REPO = Path(__file__).resolve().parent.parent
 REMOVED, MOVED = 1, 2  # instance ids: the box is deleted, the sphere moved
 MOVE_BY_M = (0.15, 0.0, 0.0)
 EDITS = f"edit.edits=[{{remove:{REMOVED}}},{{move:{MOVED},by:[{MOVE_BY_M[0]},{MOVE_BY_M[1]},{MOVE_BY_M[2]}]}}]"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "layerforge.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=1200)
+def _cli(*args: str):
+    return run_cli(*args, timeout=1200)
 
 
 @pytest.fixture(scope="module")

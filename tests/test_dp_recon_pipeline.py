@@ -10,7 +10,6 @@ Quality bounds are in test_dp_recon_quality.py.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = [
@@ -33,12 +33,7 @@ SMOKE = [
 ]
 
 
-def _cli(*args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "layerforge.cli", *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")

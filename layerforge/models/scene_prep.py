@@ -36,6 +36,19 @@ HULL_MIN_VIEWS = 0.5  # ... a hull point must be inside at least this share of t
 HULL_OWN_SHARE = 0.5  # ... and on object k's pixels in this share of the views that see it on an object
 
 
+def instance_ids(data) -> list[int]:
+    """The object ids 1..K of a :func:`~layerforge.assets.nerfstudio_dataset.read_posed_views`
+    result; one-line errors for masks without objects or ids with gaps."""
+    from layerforge.errors import InputError
+
+    if not data.instances:
+        raise InputError(f"{data.path}: the masks name no object (every pixel is 0)", "give instance ids 1..K")
+    ids = sorted(data.instances)
+    if ids != list(range(1, len(ids) + 1)):
+        raise InputError(f"{data.path}: instance ids must be 1..K without gaps, got {ids}", "renumber the masks")
+    return ids
+
+
 def surface_points(views: CameraSet, ids: int | None = None) -> Tensor:
     """[P, 3] world points of the views' depth maps (all pixels with depth, or those of instance ``ids``)."""
     if views.depths is None:

@@ -32,12 +32,12 @@ from layerforge.pipelines.context import StageContext
 from layerforge.pipelines.decomp_nerf_config import (
     EditConfig,
     EvaluateConfig,
-    ExportConfig,
     ExtractConfig,
     ModelConfig,
     PrepareConfig,
     TrainConfig,
 )
+from layerforge.pipelines.schema import ExportConfig
 from layerforge.pipelines.stage import INPUT, Stage
 
 log = logging.getLogger("layerforge")
@@ -54,15 +54,11 @@ OBJECT_PALETTE = ((0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.9, 0.7, 
 def prepare(ctx: StageContext) -> None:
     from layerforge.assets.nerfstudio_dataset import read_posed_views
     from layerforge.models.guidance.inpaint import Inpainter
-    from layerforge.models.scene_prep import prepare_scene
+    from layerforge.models.scene_prep import instance_ids, prepare_scene
 
     cfg: PrepareConfig = ctx.typed("prepare")
     data = read_posed_views(ctx.input(INPUT), require_masks=True, min_train=cfg.min_train_views)
-    if not data.instances:
-        raise InputError(f"{data.path}: the masks name no object (every pixel is 0)", "give instance ids 1..K")
-    ids = sorted(data.instances)
-    if ids != list(range(1, len(ids) + 1)):
-        raise InputError(f"{data.path}: instance ids must be 1..K without gaps, got {ids}", "renumber the masks")
+    ids = instance_ids(data)
     if len(data.test) == 0:
         raise InputError(f"{data.path}: no held-out view to evaluate on", 'mark a few frames "split": "test"')
     inpainter = Inpainter({"pretrained_model_name_or_path": cfg.inpaint_model})

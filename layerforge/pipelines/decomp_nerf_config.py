@@ -127,13 +127,3 @@ class ExtractConfig:
         at_least("extract.resolution", self.resolution, 8)
         positive("extract.density_threshold", self.density_threshold)
 
-
-@dataclasses.dataclass
-class ExportConfig:
-    formats: list[str] = dataclasses.field(default_factory=lambda: ["glb", "obj", "usd", "blend"])
-    preview_size: int = 256
-
-    def __post_init__(self) -> None:
-        for f in self.formats:
-            one_of("export.formats entry", f, ("glb", "obj", "usd", "blend"))
-        at_least("export.preview_size", self.preview_size, 16)

@@ -35,14 +35,13 @@ from layerforge.errors import InputError
 from layerforge.pipelines.context import StageContext
 from layerforge.pipelines.dp_recon_config import (
     BackgroundConfig,
-    EvaluateConfig,
-    ExportConfig,
     MeshConfig,
     ModelConfig,
     PrepareConfig,
     ReconConfig,
     TextureConfig,
 )
+from layerforge.pipelines.schema import ExportConfig
 from layerforge.pipelines.stage import INPUT, Stage
 
 log = logging.getLogger("layerforge")
@@ -74,6 +73,7 @@ def _evenly(views, count: int | None):
 def prepare(ctx: StageContext) -> None:
     from layerforge.assets.nerfstudio_dataset import read_posed_views
     from layerforge.models.scene_prep import (
+        instance_ids,
         normalising_frame,
         object_bounds,
         views_in_frame,
@@ -81,11 +81,7 @@ def prepare(ctx: StageContext) -> None:
 
     cfg: PrepareConfig = ctx.typed("prepare")
     data = read_posed_views(ctx.input(INPUT), require_masks=True, min_train=cfg.min_train_views)
-    if not data.instances:
-        raise InputError(f"{data.path}: the masks name no object (every pixel is 0)", "give instance ids 1..K")
-    ids = sorted(data.instances)
-    if ids != list(range(1, len(ids) + 1)):
-        raise InputError(f"{data.path}: instance ids must be 1..K without gaps, got {ids}", "renumber the masks")
+    ids = instance_ids(data)
     train = _evenly(data.train, cfg.max_train_views)
     test = data.test if len(data.test) else train
     train = _with_priors(ctx, train, cfg)
@@ -517,7 +513,7 @@ STAGES = {
                      schemas={**_CONFIGS, "texture": TextureConfig},
                      description="xatlas UVs, texture field fit (views, panorama, SDS), UV bake"),
     "evaluate": Stage("evaluate", evaluate, needs=("textured", "test_views"), makes=("metrics", "test_renders"),
-                      config_keys=("evaluate",), schemas={"evaluate": EvaluateConfig},
+                      config_keys=(),
                       description="textured meshes re-rendered: PSNR, SSIM, mask IoU"),
     "export": Stage("export", export, needs=("textured", "frame", "metrics", "test_views", "test_renders", "model",
                                              "visibility", "objects"),

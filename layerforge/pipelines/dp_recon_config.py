@@ -62,7 +62,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class VisibilityConfig:
-    start: int = 600  # step at which the grid is filled (paper add_prior_iter 35000)
+    start: int = 350  # step at which the grid is filled (paper add_prior_iter 35000)
     resolution: int = 64  # vertices per axis (paper 256)
     method: str = "learned"  # learned: the authors' hinge fit; max: exact running maximum (ours)
     passes: int = 20  # learned: passes over the input images (paper visgrid_optim_iter 20)
@@ -78,7 +78,7 @@ class VisibilityConfig:
 @dataclasses.dataclass
 class PriorConfig:
     model: str | None = None  # a Stable Diffusion 2.1-base folder or hub id; null: no geometry prior
-    start: int = 600  # first SDS step (paper add_prior_iter 35000)
+    start: int = 350  # first SDS step (paper add_prior_iter 35000)
     weight: float = 1.0e-5  # in the recon loss (paper)
     views_per_object: int = 2  # paper batch 8
     resolution: int = 32  # paper 128
@@ -101,9 +101,9 @@ class PriorConfig:
 
 @dataclasses.dataclass
 class ReconConfig:
-    steps: int = 800  # paper: the geometry run stops at add_color_prior_iter 75000 (Replica)
+    steps: int = 400  # paper: the geometry run stops at add_color_prior_iter 75000 (Replica)
     rays_per_step: int = 256  # paper num_pixels 1024 (a multiple of 32)
-    lr: float = 1.0e-3  # paper 5e-4 (Adam), hash grid x grid_lr_factor
+    lr: float = 3.0e-3  # paper 5e-4 (Adam), hash grid x grid_lr_factor
     grid_lr_factor: float = 10.0  # paper lr_factor_for_grid 20
     lr_decay_to: float = 0.1  # exponential decay to this fraction over the steps (MonoSDF's ExponentialLR to 0.1)
     eikonal_points: int = 256  # uniform points per step for eikonal / smoothness / violation (paper: one per ray)
@@ -161,7 +161,7 @@ class BackgroundConfig:
 
 @dataclasses.dataclass
 class TextureConfig:
-    steps: int = 300  # paper color_max_iter 5000
+    steps: int = 150  # paper color_max_iter 5000
     lr: float = 1.0e-2
     views_per_step: int = 2
     texture_size: int = 256  # baked UV map side (paper 2048)
@@ -182,17 +182,3 @@ class TextureConfig:
         at_least("texture.texture_size", self.texture_size, 8)
         at_least("texture.views_per_step", self.views_per_step, 1)
 
-
-@dataclasses.dataclass
-class EvaluateConfig:
-    fscore_threshold: float = 0.05  # F-score at 5 cm (paper), metres of the user's world
-
-
-@dataclasses.dataclass
-class ExportConfig:
-    formats: list[str] = dataclasses.field(default_factory=lambda: ["glb", "obj", "usd", "blend"])
-    preview_size: int = 256
-
-    def __post_init__(self) -> None:
-        for f in self.formats:
-            one_of("export.formats", f, ("glb", "obj", "usd", "blend"))

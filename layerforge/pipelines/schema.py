@@ -89,3 +89,16 @@ def validate_config(pipeline: Pipeline, cfg: DictConfig) -> dict[str, Any]:
         else:
             typed[section] = _typed(schema, OmegaConf.create({"value": node}), section)
     return typed
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """The export section of the mesh pipelines (decomp_nerf, dp_recon): deliverable formats and preview height."""
+
+    formats: list[str] = dataclasses.field(default_factory=lambda: ["glb", "obj", "usd", "blend"])
+    preview_size: int = 256
+
+    def __post_init__(self) -> None:
+        for f in self.formats:
+            one_of("export.formats entry", f, ("glb", "obj", "usd", "blend"))
+        at_least("export.preview_size", self.preview_size, 16)
