@@ -340,3 +340,24 @@ def test_tsdf_filter_errors_are_one_line() -> None:
     with pytest.raises(OutputError) as err:  # the room is 100 m away, beyond depth_trunc 5
         tsdf_filter(mesh, np.array([[100.0, 0.0, 0.0]]), voxel=VOXEL, trunc=3 * VOXEL, image_size=8)
     assert "\n" not in str(err.value) and "no surface" in str(err.value)
+
+
+def test_canonical_order_is_the_same_for_any_vertex_and_face_order():
+    """open3d's parallel extraction permutes its output between processes: the filter's
+    canonical order makes the same surface the same arrays (and keeps every face's winding)."""
+    import trimesh
+
+    from layerforge.models.dp_recon.background import _canonical_order
+
+    box = trimesh.creation.box((1.0, 2.0, 3.0))
+    v, f = np.asarray(box.vertices, np.float32), np.asarray(box.faces, np.int64)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(v))
+    inv = np.argsort(perm)
+    v2, f2 = v[perm], inv[f][rng.permutation(len(f))]
+    f2 = np.roll(f2, 1, axis=1)  # the same triangles, started at another corner
+    a, b = _canonical_order(v, f), _canonical_order(v2, f2)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    normals = trimesh.Trimesh(a[0], a[1], process=False).face_normals
+    centres = a[0][a[1]].mean(1)
+    assert (np.einsum("ij,ij->i", normals, centres) > 0).all()  # still wound outwards

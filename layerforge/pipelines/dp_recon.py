@@ -95,7 +95,7 @@ def prepare(ctx: StageContext) -> None:
                          "prompts": np.array(_prompts(root, ids, data.instances, cfg.default_prompt)),
                          "lo": np.stack([bounds[k][0] for k in ids]), "hi": np.stack([bounds[k][1] for k in ids])})
     ctx.record(train_views=len(train), test_views=len(data.test), objects=len(ids), scene_scale_m=frame.scale,
-               depth_prior=train.depths is not None, normal_prior=getattr(train, "normals", None) is not None)
+               depth_prior=train.depths is not None, normal_prior=train.normals is not None)
 
 
 def _with_priors(ctx: StageContext, views, cfg: PrepareConfig):
@@ -107,7 +107,7 @@ def _with_priors(ctx: StageContext, views, cfg: PrepareConfig):
 
         est = DepthEstimator(cfg.depth_model, key="prepare.depth_model")
         views = replace(views, depths=torch.stack([est(img) for img in views.images])[..., None].float())
-    if getattr(views, "normals", None) is None and views.depths is not None and cfg.normals_from_depth:
+    if views.normals is None and views.depths is not None and cfg.normals_from_depth:
         from layerforge.renderers.depth_normals import normals_from_depth
 
         views = replace(views, normals=normals_from_depth(views.depths, views.cameras.K).float())
@@ -220,7 +220,7 @@ def recon(ctx: StageContext) -> None:
                                                            start_step=start), subfolder="prior", desc="prior")
     ctx.save("model", field)
     ctx.save("visibility", grid)
-    ctx.record(**{f"final_{k}": v for k, v in figures.items()}, beta=float(field.laplace.beta))
+    ctx.record(**{f"final_{k}": v for k, v in figures.items()}, beta=float(field.laplace.beta.detach()))
 
 
 def _trained(ctx: StageContext):

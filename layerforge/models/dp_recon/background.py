@@ -476,7 +476,22 @@ def tsdf_filter(
     f = np.asarray(out.triangles, dtype=np.int64)
     v, f = _weld(v, f, 1e-6 * voxel)
     v, f = _largest_component(v, f)  # open3d winds towards positive TSDF (the free space), as we do
-    return Mesh(np.asarray(v, np.float32), np.ascontiguousarray(f, dtype=np.int64))
+    v, f = _canonical_order(np.asarray(v, np.float32), np.asarray(f, np.int64))
+    return Mesh(v, np.ascontiguousarray(f, dtype=np.int64))
+
+
+def _canonical_order(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices sorted by position, each face rotated to start at its smallest index (winding
+    kept), faces sorted: open3d's parallel extraction emits the same triangles in an order that
+    varies between processes, and everything downstream (UVs, rasterizer ties) follows the order."""
+    order = np.lexsort((v[:, 2], v[:, 1], v[:, 0]))
+    remap = np.empty(len(v), np.int64)
+    remap[order] = np.arange(len(v))
+    f = remap[f]
+    shift = np.argmin(f, axis=1)
+    f = np.stack([f[np.arange(len(f)), (shift + i) % 3] for i in range(3)], axis=1)
+    f = f[np.lexsort((f[:, 2], f[:, 1], f[:, 0]))]
+    return v[order], f
 
 
 def _weld(v: np.ndarray, f: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:

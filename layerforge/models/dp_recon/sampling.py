@@ -70,7 +70,7 @@ class DPReconRays:
         self.depth = None if views.depths is None else views.depths.reshape(-1).float()
         if self.depth is not None:
             known &= self.depth > 0
-        normals = getattr(views, "normals", None)
+        normals = views.normals
         self.normal = None if normals is None else normals.reshape(-1, 3).float()
         if self.normal is not None:
             known &= self.normal.norm(dim=-1) > 0

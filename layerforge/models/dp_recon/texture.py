@@ -766,12 +766,19 @@ def bake_texture(
     row = ((1.0 - cuv[:, 1]) * h).long().clamp(0, h - 1)
     empty = ~filled[row, col]
     if bool(empty.any()):
-        centroids = verts[faces[empty]].mean(1)
+        # several faces may share a texel: the smallest face index wins (an index_put with
+        # repeated indices keeps an unspecified one, which made bakes differ between runs)
+        texel = row * w + col
+        first = torch.full((h * w,), len(faces), dtype=torch.long, device=device)
+        ids = torch.nonzero(empty).reshape(-1)
+        first.scatter_reduce_(0, texel[ids], ids, reduce="amin")
+        pick = first[first < len(faces)]
+        centroids = verts[faces[pick]].mean(1)
         with torch.no_grad():
-            tex[row[empty], col[empty]] = torch.cat([field(centroids[i : i + chunk]).float()
-                                                     for i in range(0, len(centroids), chunk)])
+            tex[row[pick], col[pick]] = torch.cat([field(centroids[i : i + chunk]).float()
+                                                   for i in range(0, len(centroids), chunk)])
         filled = filled.clone()
-        filled[row[empty], col[empty]] = True
+        filled[row[pick], col[pick]] = True
     tex, _ = dilate_texture(tex, filled, pad_px)
     return tex.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
 
