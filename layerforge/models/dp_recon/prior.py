@@ -85,12 +85,12 @@ class ObjectViewRange:
 
 def object_view_sampler(obj: ObjectViewRange, n: int, size: int, *,
                         elevation_deg: Sequence[ScheduleValue] = SDS_ELEVATION_DEG,
-                        fov_deg: Sequence[ScheduleValue] = SDS_FOV_DEG,
+                        fov_deg: tuple[float, float] = SDS_FOV_DEG,
                         relative_distance: tuple[float, float] = SDS_RELATIVE_DISTANCE,
                         device: torch.device | str = "cpu") -> OrbitViews:
     """threestudio's ``relative_radius`` orbit views of one object: the distance at which the
     bounding sphere fills the (narrowest) view, ``r / sin(fov / 2)``, times the relative range."""
-    fit = obj.radius / math.sin(math.radians(min(float(f) if not isinstance(f, list) else f[1] for f in fov_deg)) / 2)
+    fit = obj.radius / math.sin(math.radians(min(float(f) for f in fov_deg)) / 2)
     dist = (relative_distance[0] * fit, relative_distance[1] * fit)
     return OrbitViews(n, size, size, elevation_deg=elevation_deg, distance=dist, fov_y_deg=fov_deg,
                       target=obj.centre, device=device)
