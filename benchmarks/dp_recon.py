@@ -52,7 +52,6 @@ import argparse
 import datetime as _dt
 import math
 import os
-import platform
 import statistics
 import string
 import sys
@@ -65,22 +64,16 @@ from typing import Any
 import numpy as np
 import torch
 
+# the SD-2.1-base UNet architecture and the CPU name, as benchmarks/guidance.py measures them
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from guidance import SD21_BASE_UNET, cpu_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SDS_OVERHEAD_TARGET = 0.25  # (t_sds - t_recon - t_unet) / t_unet on an H100
 N_VIEWS = 10  # input views of the synthetic scene (the paper's sparse setting)
 
-# stabilityai/stable-diffusion-2-1-base unet/config.json (architecture fields)
-SD21_BASE_UNET: dict[str, Any] = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "downsample_padding": 1, "mid_block_scale_factor": 1,
-    "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5, "cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20),
-    "use_linear_projection": True, "dual_cross_attention": False, "only_cross_attention": False,
-}
-# vae/config.json
 SD21_BASE_VAE: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 4,
     "up_block_types": ("UpDecoderBlock2D",) * 4, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
@@ -113,16 +106,6 @@ PROMPTS = ("a wooden crate", "a blue cabinet", "a low bench")
 
 
 # ------------------------------------------------------------------------------- machine
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
