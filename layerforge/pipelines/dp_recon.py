@@ -223,14 +223,18 @@ def recon(ctx: StageContext) -> None:
     ctx.record(**{f"final_{k}": v for k, v in figures.items()}, beta=float(field.laplace.beta.detach()))
 
 
+def _visibility(ctx: StageContext):
+    """The visibility grid recon filled (its resolution from the recon section)."""
+    grid = _grid(ctx.typed("recon")).to(ctx.device)
+    ctx.load("visibility", grid)
+    return grid
+
+
 def _trained(ctx: StageContext):
     objects = ctx.load("objects")
     field = _field(ctx, objects)
     ctx.load("model", field)
-    cfg: ReconConfig = ctx.typed("recon")
-    grid = _grid(cfg).to(ctx.device)
-    ctx.load("visibility", grid)
-    return field.eval(), grid, objects
+    return field.eval(), _visibility(ctx), objects
 
 
 # ---- mesh -------------------------------------------------------------------------------
@@ -354,7 +358,7 @@ def texture(ctx: StageContext) -> None:
     from layerforge.pipelines.optimise import OptimiseConfig, optimise
 
     cfg: TextureConfig = ctx.typed("texture")
-    _, grid, objects = _trained(ctx)
+    grid, objects = _visibility(ctx), ctx.load("objects")
     views = ctx.load("views")
     pano = ctx.load("panorama")
     asset, scene = _scene_parts(ctx, grid)
@@ -475,7 +479,7 @@ def _comparison_previews(ctx: StageContext, height: int, asset) -> None:
 
     test = ctx.load("test_views")
     renders = ctx.load("test_renders")
-    _, grid, _ = _trained(ctx)
+    grid = _visibility(ctx)
     seg = renders["segmentation"]
     palette = np.array([(0.5, 0.5, 0.5), *OBJECT_PALETTE], np.float32)
     objects = palette[np.where(seg >= 0, seg % len(palette), 0)] * (seg[..., None] > 0)
@@ -508,15 +512,14 @@ STAGES = {
     "background": Stage("background", background, needs=("model", "visibility", "objects"), makes=("panorama",),
                         config_keys=("model", "recon", "background"), schemas={**_CONFIGS, "background": BackgroundConfig},
                         description="background panorama, unseen pixels inpainted, deterministic choice"),
-    "texture": Stage("texture", texture, needs=("model", "visibility", "objects", "views", "meshes", "panorama"),
-                     makes=("textured",), config_keys=("model", "recon", "texture"),
-                     schemas={**_CONFIGS, "texture": TextureConfig},
+    "texture": Stage("texture", texture, needs=("visibility", "objects", "views", "meshes", "panorama"),
+                     makes=("textured",), config_keys=("recon", "texture"),
+                     schemas={"recon": ReconConfig, "texture": TextureConfig},
                      description="xatlas UVs, texture field fit (views, panorama, SDS), UV bake"),
     "evaluate": Stage("evaluate", evaluate, needs=("textured", "test_views"), makes=("metrics", "test_renders"),
                       config_keys=(),
                       description="textured meshes re-rendered: PSNR, SSIM, mask IoU"),
-    "export": Stage("export", export, needs=("textured", "frame", "metrics", "test_views", "test_renders", "model",
-                                             "visibility", "objects"),
-                    config_keys=("model", "recon", "export"), schemas={**_CONFIGS, "export": ExportConfig},
+    "export": Stage("export", export, needs=("textured", "frame", "metrics", "test_views", "test_renders", "visibility"),
+                    config_keys=("recon", "export"), schemas={"recon": ReconConfig, "export": ExportConfig},
                     description="GLB / OBJ+MTL+PNG / USD / .blend per object and scene, metrics, previews"),
 }
