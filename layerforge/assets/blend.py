@@ -3,8 +3,11 @@
 A written file holds one collection named after the asset, one object per part (named
 after the part, with its transform and ``layerforge_layer`` / ``layerforge_metadata``
 custom properties), Principled-BSDF materials named after ours with packed textures, and
-for skinned parts an armature with one vertex group per joint. Blender's world is ours
-(+Z up, metres), so nothing is converted.
+for skinned parts an armature with one vertex group per joint. Parts whose skins share one
+``Skin.skeleton`` get ONE armature object (object and data named after the skeleton, at the
+identity, bones at the world-space bind pose); each of their meshes is parented to it with an
+Armature modifier targeting it. A part with ``skeleton=None`` gets its own ``<part>_skeleton``.
+Blender's world is ours (+Z up, metres), so nothing is converted.
 
 bpy is heavy and holds one global session: it is imported inside the functions, and both
 functions reset that session (factory settings, empty scene) before they start.
@@ -51,7 +54,17 @@ from typing import Any, Iterator
 import numpy as np
 
 from layerforge.assets.atomic import atomic_path
-from layerforge.assets.types import GaussianCloud, LayeredAsset, Material, Mesh, Part, linear_to_srgb, srgb_to_linear
+from layerforge.assets.types import (
+    GaussianCloud,
+    LayeredAsset,
+    Material,
+    Mesh,
+    Part,
+    Skin,
+    linear_to_srgb,
+    skeleton_groups,
+    srgb_to_linear,
+)
 from layerforge.assets.validation import check_file, validate_asset
 from layerforge.errors import InputError, OutputError
 
@@ -108,6 +121,12 @@ def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Pat
     path = Path(path)
     if isinstance(asset, Mesh):
         asset = LayeredAsset(path.stem, [Part(path.stem, asset)])
+    groups = skeleton_groups(asset.parts)  # InputError if parts of one skeleton disagree
+    clash = sorted(set(groups) & {p.name for p in asset.parts})
+    if clash:
+        raise InputError(f"asset {asset.name!r}: skeleton {clash[0]!r} has the name of a part",
+                         "name the shared skeleton apart from every part (it becomes the armature object's name)")
+    armatures: dict[str, Any] = {}
     bpy.ops.wm.read_factory_settings(use_empty=True)
     coll = bpy.data.collections.new(asset.name)
     bpy.context.scene.collection.children.link(coll)
@@ -130,8 +149,20 @@ def write_blend(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Pat
         if part.metadata:
             obj["layerforge_metadata"] = json.dumps(part.metadata, default=str)
         coll.objects.link(obj)
-        if part.skin is not None:
-            _armature(coll, obj, part)
+        if part.skin is not None and part.skin.skeleton is not None:
+            shared = part.skin.skeleton
+            if shared not in armatures:
+                members = groups[shared]
+                first = members[0]
+                assert first.skin is not None
+                world = [m.geometry.transformed(m.transform).vertices for m in members if isinstance(m.geometry, Mesh)]
+                armatures[shared] = _armature(coll, shared, first.skin, first.transform.astype(np.float64) @ first.skin.bind_matrices(),
+                                              np.eye(4), np.concatenate(world))
+            _bind(obj, armatures[shared], part.skin, used_only=True)
+        elif part.skin is not None:
+            arm_obj = _armature(coll, f"{part.name}_skeleton", part.skin, part.skin.bind_matrices(),
+                                part.transform.astype(np.float64), part.geometry.vertices)
+            _bind(obj, arm_obj, part.skin)
     bpy.context.preferences.filepaths.save_version = 0  # no .blend1 backups next to deliverables
     with atomic_path(path) as tmp:
         tmp.unlink()  # Blender would otherwise back up the empty placeholder
@@ -408,33 +439,47 @@ def _material(mat: Material) -> Any:
     return bm
 
 
-def _armature(coll: Any, obj: Any, part: Part) -> None:
-    """Armature at bind pose (bone heads at joint origins) + vertex groups + modifier."""
+def _armature(coll: Any, name: str, skin: Skin, binds: np.ndarray, matrix_world: np.ndarray, vertices: np.ndarray) -> Any:
+    """Armature object ``name`` at bind pose (bone heads at joint origins); returns it.
+
+    Args:
+        binds: [J, 4, 4] joint -> armature-object frame at bind pose.
+        matrix_world: [4, 4] the armature object's world matrix.
+        vertices: [V, 3] the skinned vertices (in any frame), to size the bones (5% of their extent).
+    """
     import bpy
     from mathutils import Matrix
 
-    skin = part.skin
-    assert skin is not None
-    arm = bpy.data.armatures.new(f"{part.name}_skeleton")
-    arm_obj = bpy.data.objects.new(f"{part.name}_skeleton", arm)
-    arm_obj.matrix_world = Matrix(part.transform.astype(np.float64).tolist())
+    arm = bpy.data.armatures.new(name)
+    arm_obj = bpy.data.objects.new(name, arm)
+    arm_obj.matrix_world = Matrix(np.asarray(matrix_world, np.float64).tolist())
     coll.objects.link(arm_obj)
     bpy.context.view_layer.objects.active = arm_obj
     bpy.ops.object.mode_set(mode="EDIT")
-    binds = skin.bind_matrices()
-    size = max(float(np.ptp(part.geometry.vertices, axis=0).max()) * 0.05, 1e-3)
+    size = max(float(np.ptp(vertices, axis=0).max()) * 0.05, 1e-3)
     bones = []
-    for j, name in enumerate(skin.joint_names):
-        bone = arm.edit_bones.new(name)
+    for j, joint in enumerate(skin.joint_names):
+        bone = arm.edit_bones.new(joint)
         bone.head = binds[j][:3, 3].tolist()
         bone.tail = (binds[j][:3, 3] + binds[j][:3, 2] / max(np.linalg.norm(binds[j][:3, 2]), 1e-12) * size).tolist()
         if skin.parents[j] >= 0:
             bone.parent = bones[skin.parents[j]]
         bones.append(bone)
     bpy.ops.object.mode_set(mode="OBJECT")
+    return arm_obj
+
+
+def _bind(obj: Any, arm_obj: Any, skin: Skin, used_only: bool = False) -> None:
+    """Vertex groups of ``skin`` on ``obj``, an Armature modifier targeting ``arm_obj``, and ``obj`` parented to it.
+
+    One group per joint (in joint order), or with ``used_only`` one per joint that weighs some
+    vertex (a part using a subset of a shared skeleton).
+    """
     for j, name in enumerate(skin.joint_names):
-        group = obj.vertex_groups.new(name=name)
         rows, cols = np.nonzero((skin.joints == j) & (skin.weights > 0))
+        if used_only and not len(rows):
+            continue
+        group = obj.vertex_groups.new(name=name)
         for v, w in zip(rows.tolist(), skin.weights[rows, cols].tolist()):
             group.add([v], w, "ADD")
     mod = obj.modifiers.new("Armature", "ARMATURE")

@@ -7,6 +7,11 @@ M -> C M C^-1. Blender's importer undoes it, so files open upright.
 Written layout: one root node named after the asset; one child node per part (name, local
 matrix, mesh, extras {layer, metadata}); PBR materials with embedded PNG textures; UVs with
 glTF's V (v_gltf = 1 - v); skinned parts get their joints as nodes under the root.
+Skinned meshes are baked to world (glTF ignores a skinned node's transform), so a skin's
+inverse bind matrices are world-space. Parts whose skins name one shared ``Skin.skeleton``
+get ONE set of joint nodes and ONE glTF skin, named after the skeleton (with
+``extras.layerforge_skeleton``), referenced by each of their mesh nodes; a part with
+``skeleton=None`` gets its own joints and a skin named ``<part>_skin``.
 Gaussian parts are written as point primitives coloured by their DC colour (a preview:
 the splat itself goes to the 3DGS PLY).
 """
@@ -31,6 +36,7 @@ from layerforge.assets.types import (
     Mesh,
     Part,
     Skin,
+    skeleton_groups,
     texture_from_image,
     texture_to_png,
 )
@@ -95,6 +101,8 @@ def write_glb(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Path:
     if asset.metadata:
         nodes[0]["extras"] = {"metadata": asset.metadata}
     materials: dict[int, int] = {}
+    skeleton_groups(asset.parts)  # InputError if parts of one skeleton disagree
+    shared_skins: dict[str, int] = {}  # skeleton name -> glTF skin index
     for part in asset.parts:
         node: dict[str, Any] = {"name": part.name, "extras": {"layer": part.layer, "metadata": part.metadata}}
         if isinstance(part.geometry, Mesh):
@@ -107,7 +115,14 @@ def write_glb(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> Path:
                     materials[id(mesh.material)] = _material(b, mesh.material)
                 prim["material"] = materials[id(mesh.material)]
             if part.skin is not None:
-                node["skin"] = _skin(b, part, nodes)
+                shared = part.skin.skeleton
+                if shared is None:
+                    node["skin"] = _skin(b, part, nodes, f"{part.name}_skin")
+                else:
+                    if shared not in shared_skins:
+                        shared_skins[shared] = _skin(b, part, nodes, shared)
+                        b.doc["skins"][-1]["extras"] = {"layerforge_skeleton": shared}
+                    node["skin"] = shared_skins[shared]
         else:
             transform = part.transform.astype(np.float64)
             prim = _points_primitive(b, part.geometry)
@@ -176,8 +191,9 @@ def _material(b: _Builder, mat: Material) -> int:
     return b.add("materials", entry)
 
 
-def _skin(b: _Builder, part: Part, nodes: list[dict[str, Any]]) -> int:
-    """Add joint nodes under the root and the skin; the part's transform is already baked into its mesh."""
+def _skin(b: _Builder, part: Part, nodes: list[dict[str, Any]], skin_name: str) -> int:
+    """Add joint nodes under the root and a skin called ``skin_name`` with world-space inverse bind
+    matrices (the part's transform is baked into its mesh), so parts of one skeleton can share it."""
     skin = part.skin
     assert skin is not None
     t = part.transform.astype(np.float64)
@@ -194,7 +210,7 @@ def _skin(b: _Builder, part: Part, nodes: list[dict[str, Any]]) -> int:
             nodes[first + p].setdefault("children", []).append(first + j)
     ibm_acc = b.accessor(ibms.transpose(0, 2, 1).reshape(-1, 16), "MAT4", _FLOAT, target=None)
     roots = [first + j for j in range(len(skin.joint_names)) if skin.parents[j] < 0]
-    return b.add("skins", {"name": f"{part.name}_skin", "joints": list(range(first, first + len(skin.joint_names))),
+    return b.add("skins", {"name": skin_name, "joints": list(range(first, first + len(skin.joint_names))),
                            "inverseBindMatrices": ibm_acc, "skeleton": roots[0]})
 
 
@@ -207,7 +223,11 @@ def read_gltf(path: str | os.PathLike[str], validate: bool = True) -> LayeredAss
     One part per triangle primitive of every mesh node (named after the node; "_<i>" for
     extra primitives); part transforms are the nodes' world matrices converted to +Z up.
     Materials (factors, base-colour and normal textures), UVs (V flipped back), vertex
-    colours and skins are read. Point/line primitives are skipped.
+    colours and skins are read. Point/line primitives are skipped. Parts that share one glTF
+    skin (several mesh nodes or primitives) come back with skins naming the same
+    ``Skin.skeleton``: the skin's ``extras.layerforge_skeleton`` (our files), else the skin's
+    name, else its first root joint's name (made unique per skin with "_"); a skin used by one
+    part only, without that extra, gives ``skeleton=None``.
     """
     path = check_file(path, (".glb", ".gltf"))
     doc, bin_chunk = _load_document(path)
@@ -219,6 +239,7 @@ def read_gltf(path: str | os.PathLike[str], validate: bool = True) -> LayeredAss
     reader = _Reader(path, doc, buffers)
     scene = doc.get("scenes", [{}])[doc.get("scene", 0)] if doc.get("scenes") else {"nodes": _root_nodes(doc)}
     joint_nodes = {j for s in doc.get("skins", []) for j in s.get("joints", [])}
+    skeletons = _skeleton_names(doc)
     parts: list[Part] = []
     names: set[str] = set()
 
@@ -237,7 +258,7 @@ def read_gltf(path: str | os.PathLike[str], validate: bool = True) -> LayeredAss
                     name += "_"
                 names.add(name)
                 mesh = reader.mesh(prim)
-                skin = reader.skin(node["skin"], prim) if "skin" in node else None
+                skin = reader.skin(node["skin"], prim, skeletons.get(node["skin"])) if "skin" in node else None
                 extras = node.get("extras", {}) if isinstance(node.get("extras"), dict) else {}
                 transform = np.eye(4) if skin is not None else C_INV @ world @ C
                 parts.append(Part(name, mesh, transform, extras.get("layer"), skin, dict(extras.get("metadata", {}))))
@@ -259,6 +280,32 @@ def read_gltf(path: str | os.PathLike[str], validate: bool = True) -> LayeredAss
         meta = dict(doc["nodes"][roots[0]]["extras"].get("metadata", {}))
     asset = LayeredAsset(name, parts, meta)
     return validate_asset(asset, path) if validate else asset
+
+
+def _skeleton_names(doc: dict[str, Any]) -> dict[int, str]:
+    """``{skin index: shared skeleton name}`` for skins marked as shared or used by several triangle primitives."""
+    users: dict[int, int] = {}
+    for node in doc.get("nodes", []):
+        if "skin" in node and "mesh" in node:
+            prims = doc["meshes"][node["mesh"]].get("primitives", [])
+            users[node["skin"]] = users.get(node["skin"], 0) + sum(p.get("mode", 4) == 4 for p in prims)
+    out: dict[int, str] = {}
+    used: set[str] = set()
+    for i, skin in enumerate(doc.get("skins", [])):
+        extras = skin.get("extras") if isinstance(skin.get("extras"), dict) else {}
+        name = extras.get("layerforge_skeleton")
+        if not name and users.get(i, 0) > 1:
+            joints = skin.get("joints", [])
+            children = {c for j in joints for c in doc["nodes"][j].get("children", [])}
+            roots = [j for j in joints if j not in children]
+            name = skin.get("name") or (doc["nodes"][roots[0]].get("name") if roots else None) or f"skeleton_{i}"
+        if name:
+            name = str(name)
+            while name in used:
+                name += "_"
+            used.add(name)
+            out[i] = name
+    return out
 
 
 def _root_nodes(doc: dict[str, Any]) -> list[int]:
@@ -369,7 +416,7 @@ class _Reader:
         material = self.material(prim["material"]) if "material" in prim else None
         return Mesh(verts, faces.astype(np.int64), normals, uvs, colors, material)
 
-    def skin(self, idx: int, prim: dict[str, Any]) -> Skin:
+    def skin(self, idx: int, prim: dict[str, Any], skeleton: str | None = None) -> Skin:
         skin = self.doc["skins"][idx]
         attrs = prim["attributes"]
         if "JOINTS_0" not in attrs or "WEIGHTS_0" not in attrs:
@@ -390,6 +437,7 @@ class _Reader:
             inverse_bind_matrices=ibm[order],
             joints=new_index[self.accessor(attrs["JOINTS_0"]).astype(np.int64)],
             weights=self.accessor(attrs["WEIGHTS_0"]).astype(np.float32),
+            skeleton=skeleton,
         )
 
     def texture(self, info: dict[str, Any] | None, srgb: bool) -> np.ndarray | None:

@@ -155,6 +155,12 @@ class Skin:
         inverse_bind_matrices: [J, 4, 4] float32, mesh-local frame -> joint frame at bind pose.
         joints: [V, 4] int64 joint indices per vertex.
         weights: [V, 4] float32 weights per vertex, rows sum to 1.
+        skeleton: optional name of a skeleton shared with other parts (a body and its garments):
+            parts whose skins name the same skeleton get one joint hierarchy (one glTF skin, one
+            UsdSkel Skeleton, one Blender armature named after it). They must agree on
+            ``joint_names``, ``parents`` and the world-space bind pose
+            (``part.transform @ bind_matrices()``); ``joints`` index that shared list, so each
+            part may use any subset. None: the part has its own joints.
     """
 
     joint_names: list[str]
@@ -162,6 +168,7 @@ class Skin:
     inverse_bind_matrices: np.ndarray
     joints: np.ndarray
     weights: np.ndarray
+    skeleton: str | None = None
 
     def __post_init__(self) -> None:
         j = len(self.joint_names)
@@ -173,10 +180,45 @@ class Skin:
             raise InputError("skin parents must precede their children", "order joints parent-first")
         if self.joints.size and (self.joints.min() < 0 or self.joints.max() >= j):
             raise InputError(f"skin joint indices outside [0, {j})", "fix the per-vertex joint indices")
+        if self.skeleton is not None and (not isinstance(self.skeleton, str) or not self.skeleton):
+            raise InputError(f"skin skeleton name {self.skeleton!r} is not a non-empty string", "name the shared skeleton, or pass None")
 
     def bind_matrices(self) -> np.ndarray:
         """[J, 4, 4] float64 joint-to-mesh-local transforms at bind pose (inverses of the IBMs)."""
         return np.linalg.inv(self.inverse_bind_matrices.astype(np.float64))
+
+
+def skeleton_groups(parts: list[Part]) -> dict[str, list[Part]]:
+    """Skinned parts grouped by their skin's shared ``skeleton`` name, in part order.
+
+    Parts without a skin or with ``skeleton=None`` are left out. Raises a one-line
+    :class:`InputError` naming the skeleton and two parts when members disagree on joint names,
+    parents or the world-space bind pose (``part.transform @ skin.bind_matrices()``, compared to
+    1e-5 relative / 1e-5 m absolute).
+    """
+    groups: dict[str, list[Part]] = {}
+    for part in parts:
+        if part.skin is not None and part.skin.skeleton is not None:
+            groups.setdefault(part.skin.skeleton, []).append(part)
+    fix = "give every part of one skeleton the same joints, parents and world-space bind pose (part.transform @ bind matrices)"
+    for name, members in groups.items():
+        first = members[0]
+        ref = first.skin
+        assert ref is not None
+        ref_world = first.transform.astype(np.float64) @ ref.bind_matrices()
+        for other in members[1:]:
+            skin = other.skin
+            assert skin is not None
+            where = f"skeleton {name!r}: parts {first.name!r} and {other.name!r}"
+            if list(skin.joint_names) != list(ref.joint_names):
+                raise InputError(f"{where} have different joint names", fix)
+            if not np.array_equal(skin.parents, ref.parents):
+                raise InputError(f"{where} have different joint parents", fix)
+            world = other.transform.astype(np.float64) @ skin.bind_matrices()
+            bad = [j for j in range(len(ref.joint_names)) if not np.allclose(world[j], ref_world[j], rtol=1e-5, atol=1e-5)]
+            if bad:
+                raise InputError(f"{where} have different bind poses (joint {ref.joint_names[bad[0]]!r})", fix)
+    return groups
 
 
 def sh_degree_for(coeffs: int) -> int:

@@ -9,6 +9,17 @@ Layout written (prim names are :func:`safe_name` of the asset/part names, made u
                              a skinned part is a SkelRoot with a /Skeleton and UsdSkel
                              joint indices/weights on the mesh) or
                              Points for a Gaussian part (centres, widths, DC colour)
+      /<Skeleton name>       SkelRoot for parts whose skins share one ``Skin.skeleton``,
+                             customData layerforge:skeleton = the name
+        /Skeleton            one Skeleton: world-space bind and rest transforms
+        /<Part>              Xform (identity: the mesh is baked to world, as in glTF),
+                             customData layer/metadata as above
+          /<Part>            Mesh bound to ../Skeleton (UsdSkel.BindingAPI: skel:skeleton,
+                             jointIndices/jointWeights into the skeleton's joint list,
+                             geomBindTransform identity)
+
+A shared skeleton whose parts sit in several layers is defined, identically, in each layer
+file that holds one of its parts, so every composition of the layers holds one Skeleton.
 
 Textures are PNG files in ``<stem>_textures/`` with relative asset paths. An asset with
 several layers is written as a root file that sublayers one file per layer
@@ -34,6 +45,7 @@ from layerforge.assets.types import (
     Part,
     Skin,
     safe_name,
+    skeleton_groups,
     texture_from_image,
     texture_to_png,
 )
@@ -54,6 +66,7 @@ def write_usd(path: str | os.PathLike[str], asset: LayeredAsset | Mesh) -> dict[
         raise InputError(f"{path}: not a USD file name", "use a .usda, .usdc or .usd suffix")
     if isinstance(asset, Mesh):
         asset = LayeredAsset(path.stem, [Part(path.stem, asset)])
+    skeleton_groups(asset.parts)  # InputError before any file is written
     out: dict[str, Path] = {}
     tex_dir = f"{path.stem}_textures"
     names = _Names(asset)
@@ -82,6 +95,8 @@ class _Names:
     def __init__(self, asset: LayeredAsset) -> None:
         used = {LOOKS}
         self.parts = {p.name: _unique(safe_name(p.name), used) for p in asset.parts}
+        shared = dict.fromkeys(p.skin.skeleton for p in asset.parts if p.skin is not None and p.skin.skeleton is not None)
+        self.skeletons = {s: _unique(safe_name(s), used) for s in shared}  # SkelRoot prims beside the parts
         used = set()
         self.materials = {id(m): _unique(safe_name(m.name), used) for m in asset.materials()}
 
@@ -121,10 +136,12 @@ def _write_stage(path: Path, asset: LayeredAsset, parts: list[Part], tex_dir: st
             root.SetCustomDataByKey("layerforge:metadata", _plain(asset.metadata))
         layer.subLayerPaths = sublayers
         if sublayers:  # keep the asset's part order across the composed layers
-            root.SetChildrenReorder([names.parts[p.name] for p in asset.parts])
+            root.SetChildrenReorder(list(dict.fromkeys(_top_prim(p, names) for p in asset.parts)))
         materials: dict[int, Any] = {}
+        groups = skeleton_groups(asset.parts)  # InputError if parts of one skeleton disagree
+        skeletons: dict[str, Any] = {}
         for part in parts:
-            _define_part(stage, root_path, part, materials, tex_dir, names)
+            _define_part(stage, root_path, part, materials, tex_dir, names, groups, skeletons)
         layer.Save()
     return path
 
@@ -138,14 +155,31 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], tex_dir: str, names: _Names) -> None:
+def _top_prim(part: Part, names: _Names) -> str:
+    """Name of the root's child holding ``part``: its own prim, or its shared skeleton's SkelRoot."""
+    if part.skin is not None and part.skin.skeleton is not None:
+        return names.skeletons[part.skin.skeleton]
+    return names.parts[part.name]
+
+
+def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], tex_dir: str, names: _Names,
+                 groups: dict[str, list[Part]], skeletons: dict[str, Any]) -> None:
     from pxr import Gf, Sdf, UsdGeom, UsdShade, UsdSkel, Vt
 
-    part_path = root.AppendChild(names.parts[part.name])
-    # a skinned part must sit under a SkelRoot (an Xformable like Xform) with its skeleton
-    xf = UsdSkel.Root.Define(stage, part_path) if part.skin is not None else UsdGeom.Xform.Define(stage, part_path)
+    shared = part.skin.skeleton if part.skin is not None else None
+    transform = part.transform.astype(np.float64)
+    if shared is not None:  # under the skeleton's SkelRoot, baked to world (skeleton space)
+        if shared not in skeletons:
+            skeletons[shared] = _define_shared_skeleton(stage, root, shared, groups[shared], names)
+        part_path = skeletons[shared].GetPath().GetParentPath().AppendChild(names.parts[part.name])
+        xf = UsdGeom.Xform.Define(stage, part_path)
+        transform = np.eye(4)
+    else:
+        part_path = root.AppendChild(names.parts[part.name])
+        # a skinned part must sit under a SkelRoot (an Xformable like Xform) with its skeleton
+        xf = UsdSkel.Root.Define(stage, part_path) if part.skin is not None else UsdGeom.Xform.Define(stage, part_path)
     # USD matrices act on row vectors: store the transpose of our column-vector matrix
-    xf.AddTransformOp().Set(Gf.Matrix4d(part.transform.astype(np.float64).T.tolist()))
+    xf.AddTransformOp().Set(Gf.Matrix4d(transform.T.tolist()))
     prim = xf.GetPrim()
     if part.metadata.get(VISIBILITY_VARIANTS):
         _visibility_variants(prim)
@@ -165,7 +199,7 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
         pts.CreateDisplayOpacityPrimvar(UsdGeom.Tokens.vertex).Set(Vt.FloatArray.FromNumpy(cloud.opacities()))
         pts.CreateExtentAttr(UsdGeom.PointBased.ComputeExtent(pts.GetPointsAttr().Get()))
         return
-    mesh = part.geometry
+    mesh = part.geometry if shared is None else part.geometry.transformed(part.transform)
     um = UsdGeom.Mesh.Define(stage, geom_path)
     um.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(mesh.vertices))
     um.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(len(mesh.faces), 3, np.int32)))
@@ -183,8 +217,11 @@ def _define_part(stage: Any, root: Any, part: Part, materials: dict[int, Any], t
         um.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex).Set(Vt.Vec3fArray.FromNumpy(np.ascontiguousarray(mesh.colors[:, :3])))
         if mesh.colors.shape[1] == 4:
             um.CreateDisplayOpacityPrimvar(UsdGeom.Tokens.vertex).Set(Vt.FloatArray.FromNumpy(np.ascontiguousarray(mesh.colors[:, 3])))
-    if part.skin is not None:
-        _define_skin(stage, part_path, um.GetPrim(), part.skin)
+    if part.skin is not None and shared is not None:
+        _bind_mesh(um.GetPrim(), skeletons[shared], part.skin)
+    elif part.skin is not None:
+        skel = _define_skeleton(stage, part_path.AppendChild("Skeleton"), part.skin, part.skin.bind_matrices())
+        _bind_mesh(um.GetPrim(), skel, part.skin)  # mesh-local == skeleton space: both sit under the part prim
     if mesh.material is not None:
         if id(mesh.material) not in materials:
             materials[id(mesh.material)] = _define_material(stage, root, mesh.material, tex_dir, names.materials[id(mesh.material)])
@@ -217,16 +254,36 @@ def _joint_paths(skin: Skin) -> list[str]:
     return paths
 
 
-def _define_skin(stage: Any, part_path: Any, mesh_prim: Any, skin: Skin) -> None:
+def _define_shared_skeleton(stage: Any, root: Any, name: str, members: list[Part], names: _Names) -> Any:
+    """The SkelRoot of skeleton ``name`` and its Skeleton, posed at the members' world-space bind pose."""
+    from pxr import UsdSkel
+
+    first = members[0]
+    assert first.skin is not None
+    skel_root = UsdSkel.Root.Define(stage, root.AppendChild(names.skeletons[name]))
+    skel_root.GetPrim().SetCustomDataByKey("layerforge:skeleton", name)
+    prim_name = _unique("Skeleton", {names.parts[p.name] for p in members})
+    world = first.transform.astype(np.float64) @ first.skin.bind_matrices()
+    return _define_skeleton(stage, skel_root.GetPath().AppendChild(prim_name), first.skin, world)
+
+
+def _define_skeleton(stage: Any, path: Any, skin: Skin, binds: np.ndarray) -> Any:
+    """A Skeleton at ``path`` with ``skin``'s joints; ``binds`` [J, 4, 4] joint -> skeleton space at bind pose."""
     from pxr import Gf, UsdSkel, Vt
 
-    skel = UsdSkel.Skeleton.Define(stage, part_path.AppendChild("Skeleton"))
+    skel = UsdSkel.Skeleton.Define(stage, path)
     skel.CreateJointsAttr(_joint_paths(skin))
     skel.CreateJointNamesAttr(list(skin.joint_names))
-    binds = skin.bind_matrices()  # mesh-local == skeleton space: both sit under the part prim
     local = [b if p < 0 else np.linalg.inv(binds[p]) @ b for b, p in zip(binds, skin.parents)]
     skel.CreateBindTransformsAttr(Vt.Matrix4dArray([Gf.Matrix4d(m.T.tolist()) for m in binds]))
     skel.CreateRestTransformsAttr(Vt.Matrix4dArray([Gf.Matrix4d(m.T.tolist()) for m in local]))
+    return skel
+
+
+def _bind_mesh(mesh_prim: Any, skel: Any, skin: Skin) -> None:
+    """Bind ``mesh_prim`` (already in ``skel``'s space) to ``skel`` with ``skin``'s weights."""
+    from pxr import Gf, UsdSkel, Vt
+
     binding = UsdSkel.BindingAPI.Apply(mesh_prim)
     binding.CreateSkeletonRel().SetTargets([skel.GetPath()])
     binding.CreateJointIndicesPrimvar(False, 4).Set(Vt.IntArray.FromNumpy(skin.joints.reshape(-1).astype(np.int32)))
@@ -290,7 +347,11 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True, up_axis: str |
     customData, else the prim), with its world transform, UVs
     (``primvars:st``), display colours and its bound UsdPreviewSurface material.
     The stage's metersPerUnit and upAxis are honoured; ``up_axis="Y"`` or ``"Z"``
-    overrides the upAxis of a stage that declares it wrongly.
+    overrides the upAxis of a stage that declares it wrongly. A mesh bound to a UsdSkel
+    Skeleton gets a :class:`Skin` (its ``skel:joints`` order honoured, inverse bind matrices
+    ``bind^-1 @ geomBindTransform``); meshes bound to one Skeleton share a ``Skin.skeleton``
+    name: the SkelRoot's customData ``layerforge:skeleton`` (our files), else, when several
+    meshes use it, the Skeleton's parent prim name. A Skeleton of one mesh gives ``skeleton=None``.
     """
     from pxr import Usd, UsdGeom, UsdShade
 
@@ -309,6 +370,7 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True, up_axis: str |
     parts: list[Part] = []
     mats: dict[str, Material] = {}
     names: set[str] = set()
+    skeletons = _skeleton_names(stage)
     for prim in stage.Traverse():
         if not prim.IsA(UsdGeom.Mesh):
             continue
@@ -326,7 +388,7 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True, up_axis: str |
             if key not in mats:
                 mats[key] = _read_material(path, bound)
             mesh.material = mats[key]
-        skin = _read_skin(prim)
+        skin = _read_skin(prim, skeletons)
         layer = xform_prim.GetCustomDataByKey("layerforge:layer")
         meta = xform_prim.GetCustomDataByKey("layerforge:metadata") or {}
         parts.append(Part(name, mesh, fix @ world, layer, skin, dict(meta)))
@@ -336,15 +398,49 @@ def read_usd(path: str | os.PathLike[str], validate: bool = True, up_axis: str |
     return validate_asset(asset, path) if validate else asset
 
 
-def _read_skin(prim: Any) -> Skin | None:
+def _bound_skeleton(prim: Any) -> Any:
+    """The UsdSkel.Skeleton ``prim`` is bound to by its own skel:skeleton, or None."""
     from pxr import UsdSkel
 
     if not prim.HasAPI(UsdSkel.BindingAPI):
         return None
-    binding = UsdSkel.BindingAPI(prim)
-    targets = binding.GetSkeletonRel().GetTargets()
+    targets = UsdSkel.BindingAPI(prim).GetSkeletonRel().GetTargets()
     skel = UsdSkel.Skeleton(prim.GetStage().GetPrimAtPath(targets[0])) if targets else None
-    if not skel or not binding.GetJointIndicesPrimvar():
+    return skel if skel else None
+
+
+def _skeleton_names(stage: Any) -> dict[str, str]:
+    """``{Skeleton path: shared skeleton name}`` for skeletons marked by our writer or bound by several meshes."""
+    from pxr import UsdGeom
+
+    users: dict[str, int] = {}
+    for prim in stage.Traverse():
+        skel = _bound_skeleton(prim) if prim.IsA(UsdGeom.Mesh) else None
+        if skel is not None:
+            key = str(skel.GetPath())
+            users[key] = users.get(key, 0) + 1
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for key, count in users.items():
+        parent = stage.GetPrimAtPath(key).GetParent()
+        name = parent.GetCustomDataByKey("layerforge:skeleton") if parent else None
+        if not name and count > 1:
+            name = parent.GetName() if parent and str(parent.GetPath()) != "/" else stage.GetPrimAtPath(key).GetName()
+        if name:
+            name = str(name)
+            while name in used:
+                name += "_"
+            used.add(name)
+            out[key] = name
+    return out
+
+
+def _read_skin(prim: Any, skeletons: dict[str, str]) -> Skin | None:
+    from pxr import UsdSkel
+
+    skel = _bound_skeleton(prim)
+    binding = UsdSkel.BindingAPI(prim)
+    if skel is None or not binding.GetJointIndicesPrimvar():
         return None
     tokens = [str(t) for t in skel.GetJointsAttr().Get()]
     index = {t: j for j, t in enumerate(tokens)}
@@ -354,9 +450,15 @@ def _read_skin(prim: Any) -> Skin | None:
     size = binding.GetJointIndicesPrimvar().GetElementSize()
     if size != 4:
         return None  # only 4 influences per vertex are modelled
-    return Skin(names, parents, np.linalg.inv(binds),
-                np.asarray(binding.GetJointIndicesPrimvar().Get(), np.int64).reshape(-1, 4),
-                np.asarray(binding.GetJointWeightsPrimvar().Get(), np.float32).reshape(-1, 4))
+    joints = np.asarray(binding.GetJointIndicesPrimvar().Get(), np.int64).reshape(-1, 4)
+    mesh_joints = binding.GetJointsAttr().Get() if binding.GetJointsAttr() else None
+    if mesh_joints:  # skel:joints: this mesh's indices refer to its own joint order
+        joints = np.array([index[str(t)] for t in mesh_joints], np.int64)[joints]
+    geom_bind = binding.GetGeomBindTransformAttr().Get() if binding.GetGeomBindTransformAttr() else None
+    to_skel = np.eye(4) if geom_bind is None else np.asarray(geom_bind, np.float64).T  # mesh -> skeleton space
+    return Skin(names, parents, np.linalg.inv(binds) @ to_skel, joints,
+                np.asarray(binding.GetJointWeightsPrimvar().Get(), np.float32).reshape(-1, 4),
+                skeleton=skeletons.get(str(skel.GetPath())))
 
 
 def _read_mesh_prim(path: Path, um: Any) -> Mesh:
