@@ -131,7 +131,7 @@ def _check_blender_rig(bpy, asset: LayeredAsset, match_by_position: bool) -> dic
     armatures = [o for o in bpy.data.objects if o.type == "ARMATURE"]
     assert len(armatures) == 1, [o.name for o in armatures]
     arm = armatures[0]
-    assert {b.name for b in arm.data.bones} == set(JOINTS)
+    assert sorted(b.name for b in arm.data.bones) == sorted(JOINTS), [b.name for b in arm.data.bones]
     head = np.array(arm.matrix_world @ arm.data.bones["spine"].head_local, np.float64)
     np.testing.assert_allclose(head, SPINE_HEAD, atol=1e-5)  # the joint sits where we put it
     errors: dict[str, float] = {}
@@ -268,6 +268,16 @@ def _usd_skinned_points(path, time_code=1.0) -> tuple[dict[str, np.ndarray], dic
     return rest, posed
 
 
+def _validation_errors(path) -> list[str]:
+    """Errors usd-core's validation framework reports for the stage at ``path``."""
+    from pxr import Usd, UsdValidation
+
+    registry = UsdValidation.ValidationRegistry()
+    context = UsdValidation.ValidationContext(registry.GetOrLoadAllValidators())
+    errors = context.Validate(Usd.Stage.Open(str(path)))
+    return [f"{e.GetName()}: {e.GetMessage()}" for e in errors if e.GetType() == UsdValidation.ValidationErrorType.Error]
+
+
 @pytest.mark.parametrize("suffix", [".usda", ".usdc"])
 def test_usd_one_skeleton_binds_both_meshes_and_skins_them_as_expected(tmp_path, suffix):
     from pxr import Usd, UsdGeom
@@ -276,6 +286,9 @@ def test_usd_one_skeleton_binds_both_meshes_and_skins_them_as_expected(tmp_path,
 
     asset = shared_rig()
     files = write_usd(tmp_path / f"avatar{suffix}", asset)
+    assert sorted(files) == ["usd", "usd_flat", "usd_layer_body", "usd_layer_garment"]
+    for f in files.values():
+        assert _validation_errors(f) == [], f
     for key in ("usd", "usd_flat"):  # body and garment are separate layers: composed and flat
         stage = Usd.Stage.Open(str(files[key]))
         assert UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z and UsdGeom.GetStageMetersPerUnit(stage) == 1.0
@@ -348,3 +361,18 @@ def test_skins_without_a_skeleton_name_keep_their_own_joints(tmp_path):
     assert back.part("body").skin.skeleton is None and back.part("garment").skin.skeleton is None
     raw = (tmp_path / "own.glb").read_bytes()
     assert raw.count(b'"name":"spine"') == 2  # two joint hierarchies, as before
+
+
+def test_usd_imports_into_blender_as_one_armature_driving_both(tmp_path):
+    import bpy
+
+    from layerforge.assets.usd import write_usd
+
+    asset = shared_rig()
+    files = write_usd(tmp_path / "avatar.usda", asset)
+    for key in ("usd", "usd_flat"):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.wm.usd_import(filepath=str(files[key]))  # the default importer, no option changed
+        bpy.context.view_layer.update()
+        errors = _check_blender_rig(bpy, asset, match_by_position=True)
+        print(f"{key} -> Blender max vertex error (m):", errors)
