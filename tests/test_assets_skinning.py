@@ -376,3 +376,25 @@ def test_usd_imports_into_blender_as_one_armature_driving_both(tmp_path):
         bpy.context.view_layer.update()
         errors = _check_blender_rig(bpy, asset, match_by_position=True)
         print(f"{key} -> Blender max vertex error (m):", errors)
+
+
+def test_a_gltf_skin_shared_by_two_nodes_without_our_extras_reads_as_one_skeleton(tmp_path):
+    """Files from other tools: a skin used by several mesh nodes names the skeleton after itself."""
+    import base64
+    import json
+    import struct
+
+    data = write_glb(tmp_path / "ours.glb", shared_rig()).read_bytes()
+    (length,) = struct.unpack_from("<I", data, 12)
+    doc = json.loads(data[20:20 + length])
+    binary = data[20 + length + 8:]
+    doc["buffers"] = [{"byteLength": len(binary), "uri": "data:application/octet-stream;base64,"
+                       + base64.b64encode(binary).decode()}]
+    del doc["skins"][0]["extras"]
+    doc["skins"][0]["name"] = "Armature"
+    (tmp_path / "foreign.gltf").write_text(json.dumps(doc))
+    back = read_gltf(tmp_path / "foreign.gltf")
+    assert back.part("body").skin.skeleton == back.part("garment").skin.skeleton == "Armature"
+    del doc["skins"][0]["name"]  # unnamed: the root joint's name
+    (tmp_path / "unnamed.gltf").write_text(json.dumps(doc))
+    assert read_gltf(tmp_path / "unnamed.gltf").part("garment").skin.skeleton == "root"
