@@ -10,8 +10,16 @@ from layerforge.models.body.model import (
     skin_points,
     unskin_points,
 )
-from layerforge.models.body.smplx import SMPLX_JOINT_NAMES, hand_pose_from_pca, load_smplx
-from layerforge.models.body.synthetic import designed_joints, synthetic_smplx_arrays, write_synthetic_smplx
+from layerforge.models.body.smplx import (
+    SMPLX_JOINT_NAMES,
+    hand_pose_from_pca,
+    load_smplx,
+)
+from layerforge.models.body.synthetic import (
+    designed_joints,
+    synthetic_smplx_arrays,
+    write_synthetic_smplx,
+)
 
 __all__ = [
     "SMPLX_JOINT_NAMES", "BodyFit", "BodyModel", "BodyOutput", "batch_rodrigues", "blend_transforms", "designed_joints",

@@ -41,10 +41,6 @@ from layerforge.models.body.model import BodyModel, BodyOutput
 from layerforge.models.body.smplx import as_array, hand_pose_from_pca, load_pickle
 
 
-def _zeros(*shape: int) -> Any:
-    return field(default_factory=lambda: np.zeros(shape, np.float32))
-
-
 @dataclass
 class BodyFit:
     """One person's body parameters, numpy float32, radians (axis-angle) and metres.
@@ -56,16 +52,16 @@ class BodyFit:
     SMPL-X, or when the fit gave one; it then overrides the per-part fields.
     """
 
-    betas: np.ndarray = _zeros(0)
-    global_orient: np.ndarray = _zeros(3)
-    body_pose: np.ndarray = _zeros(21, 3)
-    jaw_pose: np.ndarray = _zeros(3)
-    leye_pose: np.ndarray = _zeros(3)
-    reye_pose: np.ndarray = _zeros(3)
-    left_hand_pose: np.ndarray = _zeros(15, 3)
-    right_hand_pose: np.ndarray = _zeros(15, 3)
-    expression: np.ndarray = _zeros(0)
-    transl: np.ndarray = _zeros(3)
+    betas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    global_orient: np.ndarray = field(default_factory=lambda: np.zeros((3,), np.float32))
+    body_pose: np.ndarray = field(default_factory=lambda: np.zeros((21, 3), np.float32))
+    jaw_pose: np.ndarray = field(default_factory=lambda: np.zeros((3,), np.float32))
+    leye_pose: np.ndarray = field(default_factory=lambda: np.zeros((3,), np.float32))
+    reye_pose: np.ndarray = field(default_factory=lambda: np.zeros((3,), np.float32))
+    left_hand_pose: np.ndarray = field(default_factory=lambda: np.zeros((15, 3), np.float32))
+    right_hand_pose: np.ndarray = field(default_factory=lambda: np.zeros((15, 3), np.float32))
+    expression: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    transl: np.ndarray = field(default_factory=lambda: np.zeros((3,), np.float32))
     scale: float = 1.0
     pose: np.ndarray | None = None
 
