@@ -108,16 +108,10 @@ class DMTetGeometry(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        box = torch.as_tensor(
-            np.asarray(bounds)
-            if not isinstance(bounds, Tensor)
-            else bounds.detach().cpu()
-        )
+        box = torch.as_tensor(np.asarray(bounds) if not isinstance(bounds, Tensor) else bounds.detach().cpu())
         box = box.to(torch.float32).reshape(2, 3)
         grid = tet_grid(config.grid_resolution, box)
-        shape = torch.tensor(
-            grid_shape(config.grid_resolution, box[1] - box[0]), dtype=torch.float32
-        )
+        shape = torch.tensor(grid_shape(config.grid_resolution, box[1] - box[0]), dtype=torch.float32)
         self.register_buffer("bounds", box)
         self.register_buffer("vertices", grid.vertices, persistent=False)
         self.register_buffer("tets", grid.tets, persistent=False)
@@ -202,25 +196,16 @@ class DMTetGeometry(nn.Module):
         n = self.vertices.shape[0]
         opt = torch.optim.Adam(self.sdf_net.parameters(), lr=lr)
         with torch.no_grad():
-            all_targets = (
-                target(self.vertices).reshape(-1).detach()
-                if num_vertices is None
-                else None
-            )
+            all_targets = target(self.vertices).reshape(-1).detach() if num_vertices is None else None
         losses: list[float] = []
         for _ in range(steps):
-            rand = (
-                torch.rand(num_random, 3, generator=generator).to(device) * (hi - lo)
-                + lo
-            )
+            rand = torch.rand(num_random, 3, generator=generator).to(device) * (hi - lo) + lo
             if num_vertices is None:
                 pts = torch.cat([self.vertices, rand])
                 with torch.no_grad():
                     tgt = torch.cat([all_targets, target(rand).reshape(-1)])
             else:
-                idx = torch.randint(0, n, (num_vertices,), generator=generator).to(
-                    device
-                )
+                idx = torch.randint(0, n, (num_vertices,), generator=generator).to(device)
                 pts = torch.cat([self.vertices[idx], rand])
                 with torch.no_grad():
                     tgt = target(pts).reshape(-1)

@@ -36,13 +36,9 @@ __all__ = [
 ]
 
 # The 6 edges of a tet as pairs of local vertex indices (the order marching.py's tables use).
-TET_EDGES = torch.tensor(
-    [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]], dtype=torch.long
-)
+TET_EDGES = torch.tensor([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]], dtype=torch.long)
 # The 4 faces of a tet (local indices), each wound outward for a positively oriented tet.
-_TET_FACES = torch.tensor(
-    [[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]], dtype=torch.long
-)
+_TET_FACES = torch.tensor([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]], dtype=torch.long)
 
 
 class TetGrid(NamedTuple):
@@ -106,14 +102,10 @@ def tet_grid(resolution: int, bounds: Tensor | np.ndarray) -> TetGrid:
     """
     if resolution < 1:
         raise ValueError(f"tet_grid needs resolution >= 1, got {resolution}")
-    box = torch.as_tensor(
-        np.asarray(bounds) if not isinstance(bounds, Tensor) else bounds
-    )
+    box = torch.as_tensor(np.asarray(bounds) if not isinstance(bounds, Tensor) else bounds)
     box = box.detach().to("cpu", torch.float64).reshape(2, 3)
     if not bool((box[1] > box[0]).all()):
-        raise ValueError(
-            f"tet_grid bounds need max > min on every axis, got {box.tolist()}"
-        )
+        raise ValueError(f"tet_grid bounds need max > min on every axis, got {box.tolist()}")
     nx, ny, nz = grid_shape(resolution, box[1] - box[0])
     axes = [
         torch.linspace(float(box[0, a]), float(box[1, a]), n + 1, dtype=torch.float64)
@@ -124,14 +116,10 @@ def tet_grid(resolution: int, bounds: Tensor | np.ndarray) -> TetGrid:
 
     # Lower corner index of every cube, and each cube corner's index offset (code x + 2y + 4z).
     sy, sx = nz + 1, (ny + 1) * (nz + 1)
-    i, j, k = torch.meshgrid(
-        torch.arange(nx), torch.arange(ny), torch.arange(nz), indexing="ij"
-    )
+    i, j, k = torch.meshgrid(torch.arange(nx), torch.arange(ny), torch.arange(nz), indexing="ij")
     base = (i * sx + j * sy + k).reshape(-1)  # [C]
     codes = torch.arange(8)
-    corner_offset = (
-        (codes & 1) * sx + ((codes >> 1) & 1) * sy + ((codes >> 2) & 1)
-    )  # [8]
+    corner_offset = (codes & 1) * sx + ((codes >> 1) & 1) * sy + ((codes >> 2) & 1)  # [8]
     local = corner_offset[_kuhn_tets()]  # [6, 4]
     tets = (base[:, None, None] + local[None]).reshape(-1, 4)
     return TetGrid(vertices=vertices, tets=tets)
@@ -152,9 +140,7 @@ def _unique_rows(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         key = torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
         for c in range(width):
             key = key * n + rows[:, c]
-        uniq, inverse, counts = torch.unique(
-            key, return_inverse=True, return_counts=True
-        )
+        uniq, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
         cols = []
         for _ in range(width):
             cols.append(uniq % n)

@@ -39,9 +39,7 @@ def _build_tables() -> tuple[Tensor, Tensor]:
         triangles [16, 6] int64: for case ``c = sum_i (sdf_i > 0) 2^i``, up to two triangles as
         local edge indices into :data:`~.grid.TET_EDGES` (-1 pads), and counts [16] int64 (0, 1, 2).
     """
-    ref = torch.tensor(
-        [[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64
-    )
+    ref = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
     edge_of = {tuple(e): n for n, e in enumerate(TET_EDGES.tolist())}
 
     def edge(a: int, b: int) -> int:
@@ -104,9 +102,7 @@ def marching_tets(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, 
     dtype = torch.promote_types(vertices.dtype, sdf.dtype)
     sdf = sdf.reshape(-1)
     if tets.numel() == 0:
-        return vertices.new_zeros((0, 3), dtype=dtype), torch.zeros(
-            (0, 3), dtype=torch.long, device=device
-        )
+        return vertices.new_zeros((0, 3), dtype=dtype), torch.zeros((0, 3), dtype=torch.long, device=device)
     with torch.no_grad():
         occ = sdf > 0  # [N]
         occ_t = occ[tets]  # [T, 4]
@@ -114,9 +110,7 @@ def marching_tets(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, 
         keep = (n_out > 0) & (n_out < 4)
         tets_c = tets[keep]  # [Tc, 4] the tets the surface crosses
         if tets_c.shape[0] == 0:
-            return vertices.new_zeros((0, 3), dtype=dtype), torch.zeros(
-                (0, 3), dtype=torch.long, device=device
-            )
+            return vertices.new_zeros((0, 3), dtype=dtype), torch.zeros((0, 3), dtype=torch.long, device=device)
         case = (occ_t[keep].long() * _CASE_WEIGHTS.to(device)).sum(-1)  # [Tc]
 
         # The 6 edges of each crossed tet, deduplicated over the grid (sorted pairs packed in int64).
