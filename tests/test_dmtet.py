@@ -13,6 +13,7 @@ import trimesh
 from layerforge.models.dmtet import (
     DMTetConfig,
     DMTetGeometry,
+    lattice_edges,
     marching_tets,
     sdf_sign_change_reg,
     signed_volumes,
@@ -92,6 +93,14 @@ def test_tet_edges_unique_sorted() -> None:
     brute = {tuple(sorted((int(t[i]), int(t[j])))) for t in grid.tets for i in range(4) for j in range(i + 1, 4)}
     assert sorted(brute) == [tuple(e) for e in edges.tolist()]
     assert tet_edges(torch.zeros(0, 4, dtype=torch.long)).shape == (0, 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 2, 4), (5, 5, 5)])
+def test_lattice_edges_match_tet_edges(shape: tuple[int, int, int]) -> None:
+    box = torch.tensor([[0.0, 0.0, 0.0], [float(shape[0]), float(shape[1]), float(shape[2])]])
+    grid = tet_grid(max(shape), box)  # unit cells, so grid_shape(max, box) == shape
+    assert grid.tets.shape[0] == 6 * shape[0] * shape[1] * shape[2]
+    assert torch.equal(lattice_edges(shape), tet_edges(grid.tets))
 
 
 # ---------------------------------------------------------------------------------------- (b)
@@ -239,6 +248,7 @@ def test_geometry_deterministic_and_differentiable() -> None:
     sdf, deformed = a.sdf_and_deform()
     assert sdf.shape == (7**3,) and deformed.shape == (7**3, 3)
     assert torch.equal(deformed, a.vertices)  # the deformation MLP starts at zero
+    assert torch.equal(a.edges, tet_edges(a.tets))
     verts, faces = a.extract()
     assert faces.shape[0] > 0
     (verts.sum() + a.sdf_reg(sdf)).backward()

@@ -7,13 +7,14 @@
 """
 
 from .geometry import DMTetConfig, DMTetGeometry
-from .grid import TetGrid, signed_volumes, tet_edges, tet_faces, tet_grid
+from .grid import TetGrid, lattice_edges, signed_volumes, tet_edges, tet_faces, tet_grid
 from .marching import marching_tets, sdf_sign_change_reg
 
 __all__ = [
     "DMTetConfig",
     "DMTetGeometry",
     "TetGrid",
+    "lattice_edges",
     "marching_tets",
     "sdf_sign_change_reg",
     "signed_volumes",

@@ -24,7 +24,7 @@ from layerforge.models.fields.base import normalize_aabb
 from layerforge.models.fields.hashgrid import HashGrid, HashGridConfig
 from layerforge.models.fields.mlp_fields import MLP
 
-from .grid import grid_shape, tet_edges, tet_grid
+from .grid import grid_shape, lattice_edges, tet_grid
 from .marching import marching_tets, sdf_sign_change_reg
 
 __all__ = ["DMTetConfig", "DMTetGeometry"]
@@ -111,7 +111,8 @@ class DMTetGeometry(nn.Module):
         box = torch.as_tensor(np.asarray(bounds) if not isinstance(bounds, Tensor) else bounds.detach().cpu())
         box = box.to(torch.float32).reshape(2, 3)
         grid = tet_grid(config.grid_resolution, box)
-        shape = torch.tensor(grid_shape(config.grid_resolution, box[1] - box[0]), dtype=torch.float32)
+        self.grid_shape = grid_shape(config.grid_resolution, box[1] - box[0])  # (nx, ny, nz) cells
+        shape = torch.tensor(self.grid_shape, dtype=torch.float32)
         self.register_buffer("bounds", box)
         self.register_buffer("vertices", grid.vertices, persistent=False)
         self.register_buffer("tets", grid.tets, persistent=False)
@@ -153,9 +154,9 @@ class DMTetGeometry(nn.Module):
 
     @property
     def edges(self) -> Tensor:
-        """[E, 2] unique grid edges (built on first use and cached; ~7 per vertex)."""
+        """[E, 2] unique grid edges (:func:`~.grid.lattice_edges`; built on first use and cached, ~7 per vertex)."""
         if self._edges is None or self._edges.device != self.tets.device:
-            self._edges = tet_edges(self.tets)
+            self._edges = lattice_edges(self.grid_shape, self.tets.device)
         return self._edges
 
     def sdf_reg(self, sdf: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ __all__ = [
     "TET_EDGES",
     "TetGrid",
     "grid_shape",
+    "lattice_edges",
     "signed_volumes",
     "tet_edges",
     "tet_faces",
@@ -147,6 +148,43 @@ def _unique_rows(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             uniq = uniq // n
         return torch.stack(cols[::-1], dim=1), inverse, counts
     return torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
+
+
+def lattice_edges(shape: tuple[int, int, int], device: torch.device | str = "cpu") -> Tensor:
+    """The edges of :func:`tet_grid`'s lattice of ``nx x ny x nz`` cells, without a sort.
+
+    Same result as ``tet_edges(tet_grid(...).tets)`` (tested), in O(N) instead of sorting the
+    ``6 T`` tet edges (15 s on 2 CPU cores at resolution 128): in the Kuhn subdivision every
+    vertex ``(i, j, k)`` connects to the 7 neighbours ``+ o`` for ``o`` in {0, 1}^3 \\ {0}
+    that exist (3 cell edges, 3 face diagonals, the cube diagonal, all pointing to +x, +y, +z).
+
+    Args:
+        shape: (nx, ny, nz) cells per axis (:func:`grid_shape`).
+        device: where to build the result.
+
+    Returns:
+        [E, 2] int64 edges, rows sorted (``a < b``) and in lexicographic order.
+    """
+    nx, ny, nz = shape
+    sy, sx = nz + 1, (ny + 1) * (nz + 1)
+    i, j, k = torch.meshgrid(
+        torch.arange(nx + 1, device=device),
+        torch.arange(ny + 1, device=device),
+        torch.arange(nz + 1, device=device),
+        indexing="ij",
+    )
+    a = (i * sx + j * sy + k).reshape(-1, 1)  # [N, 1]
+    # Offsets (dx, dy, dz) ordered by their index step 1 < sy < sy + 1 < sx < ... so rows come sorted.
+    offsets = torch.tensor(
+        [[0, 0, 1], [0, 1, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1]], device=device
+    )  # [7, 3]
+    ok = (
+        (i.reshape(-1, 1) + offsets[:, 0] <= nx)
+        & (j.reshape(-1, 1) + offsets[:, 1] <= ny)
+        & (k.reshape(-1, 1) + offsets[:, 2] <= nz)
+    )  # [N, 7]
+    b = a + offsets[:, 0] * sx + offsets[:, 1] * sy + offsets[:, 2]  # [N, 7]
+    return torch.stack([a.expand_as(b)[ok], b[ok]], dim=1)
 
 
 def tet_edges(tets: Tensor) -> Tensor:
