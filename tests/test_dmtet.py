@@ -230,9 +230,10 @@ def test_sign_change_reg() -> None:
 # Test sizes: GALA's 16 levels, 16 -> 1024, MLP 2 x 32, but a 2^14-entry table instead of
 # tcnn's 2^19 (a 2^19 table is 23 M parameters per network, too slow for Adam on 2 CPU cores).
 FIT_CONFIG = DMTetConfig(grid_resolution=24, hash_log2_size=14)
-# Measured (2 cores, 1 thread): Chamfer-L1 0.98 mm after 150 steps in ~13 s; marching tets of the
-# exact sphere SDF on the same 24^3 grid is itself ~0.5 mm off, so 3 mm leaves room for seeds.
-FIT_CHAMFER_L1_M = 3e-3
+# Measured (2 cores, 1 thread): Chamfer-L1 0.98 mm after 150 steps in ~7 s (seeds 1-3: 1.19-1.39 mm).
+# Marching tets of the exact sphere SDF on the same 24^3 grid gives 0.98 mm itself (the grid's
+# discretisation limit), so the bound is twice that.
+FIT_CHAMFER_L1_M = 2e-3
 
 
 def test_geometry_deterministic_and_differentiable() -> None:
