@@ -19,7 +19,10 @@ RUN_REFERENCE = "run:"
 BUILTIN = "builtin:"
 """``input=builtin:toy_scene``: a generated scene (Blender Cycles), made on first use under
 ``<out>/.cache/scenes/`` and reused (:func:`layerforge.assets.synthetic_scene.cached_toy_scene`)."""
-BUILTIN_SCENES = {"toy_scene": {"objects": 3, "width": 64, "height": 48, "n_train": 30, "n_test": 6}}
+BUILTIN_SCENES = {"toy_scene": {"objects": 3, "width": 64, "height": 48, "n_train": 30, "n_test": 6},
+                  # gala: a synthetic body in a jacket, posed, with its fit and answers
+                  # (layerforge.models.gala.synthetic_scan)
+                  "clothed_scan": {"resolution": 48, "voxel": 0.015}}
 
 
 def resolve_inputs(raw: object, out: str | os.PathLike[str]) -> Path | dict[str, Path | None] | None:
@@ -82,6 +85,10 @@ def resolve_builtin(name: str, out: Path) -> Path:
     """The folder of built-in input ``name``, generated on first use."""
     if name not in BUILTIN_SCENES:
         raise InputError(f"input=builtin:{name} is unknown", f"pick one of: {', '.join('builtin:' + n for n in BUILTIN_SCENES)}")
+    if name == "clothed_scan":
+        from layerforge.models.gala.synthetic_scan import cached_clothed_scan
+
+        return cached_clothed_scan(out / ".cache" / "scenes", **BUILTIN_SCENES[name]).resolve()
     from layerforge.assets.synthetic_scene import cached_toy_scene
 
     return cached_toy_scene(out / ".cache" / "scenes", **BUILTIN_SCENES[name]).resolve()
