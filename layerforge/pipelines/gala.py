@@ -354,7 +354,8 @@ def geometry(ctx: StageContext) -> None:
         body_foci(space.body.vertices, space.body.keypoints, names, canon_scan[scan_f[lab].reshape(-1)]),
         cfg.views_per_step, cfg.resolution, cfg.sds_resolution, cfg.close_up_probability, device=ctx.device,
         render_from=init)
-    groups = [ParamGroup(n, list(layers.layer(n).parameters()), lr=cfg.lr) for n in LAYERS]
+    lr = [init, cfg.lr, cfg.lr_fit, init] if init else cfg.lr_fit
+    groups = [ParamGroup(n, list(layers.layer(n).parameters()), lr=lr) for n in LAYERS]
 
     def preview(step: int) -> None:
         with torch.no_grad():

@@ -81,7 +81,8 @@ class GeometryConfig:
     init_points: int = 4096  # per step (GALA: surface + jittered + 3000 uniform)
     views_per_step: int = 2  # paper 4 (batch)
     resolution: int = 128  # paper 512 (train_res)
-    lr: float = 0.01  # paper AdamW 0.01
+    lr: float = 0.01  # paper AdamW 0.01 (the initialisation)
+    lr_fit: float = 0.001  # ours after the initialisation: one Adam step at 0.01 empties our layers (see the note)
     close_up_probability: float = 0.25  # ours: share of zoomed-in views (GALA enable_zoom_in)
     take_turns: bool = True  # GALA: human terms on even steps, object on odd
     checkpoint_every: int = 100
@@ -101,6 +102,7 @@ class GeometryConfig:
         at_least("geometry.views_per_step", self.views_per_step, 1)
         at_least("geometry.resolution", self.resolution, 16)
         positive("geometry.lr", self.lr)
+        positive("geometry.lr_fit", self.lr_fit)
         require(0.0 <= self.close_up_probability <= 1.0, "geometry.close_up_probability", self.close_up_probability,
                 "a number in [0, 1]")
         if bool(self.prior_model) != bool(self.controlnet):

@@ -146,11 +146,14 @@ def write_clothed_scan(folder: str | Path, *, resolution: int = 32, voxel: float
     on_jacket[t["scan_faces"][t["face_is_object"]].reshape(-1)] = True
     vert_colors[on_jacket] = JACKET_RGB
     atomic_write_bytes(folder / "scan.obj", _obj_text(native, t["scan_faces"], vert_colors).encode())
-    pose = t["pose"]
+    pose = t["pose"].copy()
+    if model.hands is not None:  # THuman fits store hand poses relative to the hands' mean (flat_hand_mean false)
+        pose[25:40] -= np.asarray(model.hands["left_mean"]).reshape(15, 3)
+        pose[40:55] -= np.asarray(model.hands["right_mean"]).reshape(15, 3)
     fit = {"betas": t["betas"].tolist(), "global_orient": pose[0].tolist(), "body_pose": pose[1:22].reshape(-1).tolist(),
            "jaw_pose": pose[22].tolist(), "leye_pose": pose[23].tolist(), "reye_pose": pose[24].tolist(),
            "left_hand_pose": pose[25:40].reshape(-1).tolist(), "right_hand_pose": pose[40:55].reshape(-1).tolist(),
-           "expression": [0.0] * 10, "transl": list(SCAN_TRANSL), "scale": SCAN_SCALE}
+           "expression": [0.0] * 10, "translation": list(SCAN_TRANSL), "scale": SCAN_SCALE}
     atomic_write_bytes(folder / "smplx_param.json", json.dumps(fit, indent=1).encode())
     buf = __import__("io").BytesIO()
     np.savez_compressed(buf, **{k: v for k, v in t.items()})
@@ -158,7 +161,7 @@ def write_clothed_scan(folder: str | Path, *, resolution: int = 32, voxel: float
     return folder
 
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def cached_clothed_scan(cache_root: str | Path, **kwargs) -> Path:
