@@ -10,15 +10,12 @@ Quality bounds are in test_dp_recon_quality.py.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runs import run_cli
+from cli_runs import kill_when, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = [
@@ -122,16 +119,6 @@ def test_blender_opens_the_deliverables_with_their_textures(smoke, scene):
                 assert_corner_uvs_match(hit[0], ours[o["name"]])  # and mapped the right way up
 
 
-def _kill_when(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before {path} appeared")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.slow
 def test_kills_in_recon_mesh_and_texture_resume_to_the_same_result(tmp_path, scene, smoke):
     import torch
@@ -142,7 +129,7 @@ def test_kills_in_recon_mesh_and_texture_resume_to_the_same_result(tmp_path, sce
     for marker in (stages / "recon" / "prior" / "checkpoint.pt", stages / "mesh" / ".items",
                    stages / "texture" / "checkpoint.pt"):
         proc = _cli("run", "dp_recon", "run=killed", *common, wait=False)
-        _kill_when(proc, marker)
+        kill_when(proc, marker)
         stage = marker.relative_to(stages).parts[0]
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["stages"][stage]["status"] == "running", f"the kill should land inside {stage}"
