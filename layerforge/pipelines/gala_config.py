@@ -82,7 +82,7 @@ class GeometryConfig:
     views_per_step: int = 2  # paper 4 (batch)
     resolution: int = 128  # paper 512 (train_res)
     lr: float = 0.01  # paper AdamW 0.01 (the initialisation)
-    lr_fit: float = 0.001  # ours after the initialisation: one Adam step at 0.01 empties our layers (see the note)
+    lr_fit: float = 0.003  # ours after the initialisation: Adam steps at 0.01 empty our layers (see the note)
     close_up_probability: float = 0.25  # ours: share of zoomed-in views (GALA enable_zoom_in)
     take_turns: bool = True  # GALA: human terms on even steps, object on odd
     checkpoint_every: int = 100

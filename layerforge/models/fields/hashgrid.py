@@ -157,16 +157,26 @@ class HashGrid(Encoding):
         local = torch.cat(parts, dim=1).flatten(-3)  # [P, L, 8]
         return local + self.offsets[:-1][None, :, None]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [..., 3] in [0, 1]^3 (clamped) -> [..., L F], level-major (level 0's F first)."""
-        lead = x.shape[:-1]
+    def lookup(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Where points read the table: rows [P, L, 8] int64 and trilinear weights [P, L, 8].
+
+        x: [..., 3] in [0, 1]^3 (clamped), flattened to P points. For points that never move
+        (a DMTet grid's vertices) compute this once and call :meth:`gather` every step.
+        """
         base, frac = cell_coordinates(x.reshape(-1, 3), self.resolution)  # [P, L, 3] each
-        idx = self.cell_indices(base)  # [P, L, 8]
-        w = trilinear_weights(frac)  # [P, L, 8]
+        return self.cell_indices(base), trilinear_weights(frac)
+
+    def gather(self, idx: Tensor, w: Tensor) -> Tensor:
+        """Features [P, L F] from a :meth:`lookup` result (differentiable w.r.t. the table)."""
         f = self.config.features_per_level
         feats = self.table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, f)  # [P, L, 8, F]
         out = (w[..., None].to(feats) * feats).sum(-2)  # [P, L, F]
-        return out.reshape(*lead, self.out_dim)
+        return out.reshape(idx.shape[0], self.out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [..., 3] in [0, 1]^3 (clamped) -> [..., L F], level-major (level 0's F first)."""
+        idx, w = self.lookup(x)
+        return self.gather(idx, w).reshape(*x.shape[:-1], self.out_dim)
 
     def extra_repr(self) -> str:
         c = self.config
