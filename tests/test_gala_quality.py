@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import run_cli
-from gala_fixtures import body_model, clothed_scan, scan_truth  # noqa: F401  (fixtures)
 from scipy.spatial import cKDTree
 
 from layerforge.models.metrics import sample_surface

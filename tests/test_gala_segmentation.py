@@ -19,8 +19,6 @@ from layerforge.models.gala.segmentation import (
 )
 from layerforge.renderers.mesh import render_mesh
 
-from gala_fixtures import body_model, clothed_scan, scan_truth  # noqa: F401  (fixtures)
-
 
 def test_vote_counts_views_and_threshold():
     # 3 faces, 4 views: face 0 seen 4x segmented 2x (ratio 0.5 -> object), face 1 seen 4x segmented 1x,

@@ -294,7 +294,8 @@ def _bounds(points: list[torch.Tensor], margin: float) -> torch.Tensor:
     return torch.stack([allp.min(0).values - margin, allp.max(0).values + margin])
 
 
-def _guidance(cfg: GeometryConfig, device):
+def _guidance(cfg: GeometryConfig, device, texture: bool = False):
+    """The ControlNet-OpenPose SDS of the geometry (normal + mask latent) or texture stage (RGB)."""
     if not cfg.prior_model:
         return None
     from omegaconf import OmegaConf
@@ -302,10 +303,13 @@ def _guidance(cfg: GeometryConfig, device):
     import layerforge
     from layerforge.models.guidance.controlnet import ControlNetSDSGuidance
 
-    base = OmegaConf.load(Path(layerforge.__file__).parent / "configs/guidance/sd15_controlnet_openpose.yaml")
+    name = "sd15_controlnet_openpose_texture.yaml" if texture else "sd15_controlnet_openpose.yaml"
+    base = OmegaConf.load(Path(layerforge.__file__).parent / "configs" / "guidance" / name)
     merged = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.create(dict(cfg.prior))), resolve=True)
     merged.update({"pretrained_model_name_or_path": cfg.prior_model, "controlnet_name_or_path": cfg.controlnet,
-                   "latent_mode": "direct", "device": str(device)})
+                   "device": str(device)})
+    if not texture:
+        merged["latent_mode"] = "direct"
     return ControlNetSDSGuidance(merged)
 
 
@@ -385,7 +389,7 @@ def texture(ctx: StageContext) -> None:
     from layerforge.assets.types import LayeredAsset, Part
     from layerforge.models.dp_recon.texture import textured_mesh
     from layerforge.models.gala.batches import ScanColourBatches
-    from layerforge.models.gala.losses import TextureReconLoss
+    from layerforge.models.gala.losses import TextureReconLoss, TextureSDSLoss
     from layerforge.models.gala.model import LAYERS, TexturedLayers
     from layerforge.models.gala.views import body_foci
     from layerforge.models.optimisation import ParamGroup
@@ -407,12 +411,23 @@ def texture(ctx: StageContext) -> None:
     colours = _scan_colours(scan)
     colours = {"colours": colours["vertex_colors"]} if "vertex_colors" in colours else colours
     scan_v = torch.from_numpy(scan.vertices).float()
+    gcfg: GeometryConfig = ctx.typed("geometry")
+    guidance = _guidance(gcfg, ctx.device, texture=True)
+    names = list(model.joint_names)
+    canon = ctx.load("canonical")
     sampler = ScanColourBatches(scan_v, torch.from_numpy(scan.faces), colours, lab,
-                                body_foci(target.vertices, target.keypoints, list(model.joint_names), None),
-                                cfg.views_per_step, cfg.resolution, 0.25, device=ctx.device)
+                                body_foci(target.vertices, target.keypoints, names, None),
+                                cfg.views_per_step, cfg.resolution, gcfg.close_up_probability, device=ctx.device,
+                                canonical_foci=body_foci(space.body.vertices, space.body.keypoints, names, None)
+                                if guidance is not None else None,
+                                keypoints=torch.from_numpy(canon["openpose"]), sds_resolution=gcfg.sds_resolution)
+    terms = [TextureReconLoss(cfg.weight_rgb)]
+    if guidance is not None and cfg.weight_sds:
+        obj_word = str(ctx.cfg.get("object") or "jacket")
+        terms.append(TextureSDSLoss(guidance, gcfg.prompt_object.format(object=obj_word), cfg.weight_sds))
     groups = [ParamGroup(f"{n}_grid", list(layers.fields[n].encoding.parameters()), lr=cfg.lr) for n in LAYERS] + \
              [ParamGroup(f"{n}_mlp", list(layers.fields[n].mlp.parameters()), lr=cfg.lr) for n in LAYERS]
-    optimise(ctx, layers, groups, [TextureReconLoss(cfg.weight_rgb)], sampler,
+    optimise(ctx, layers, groups, terms, sampler,
              OptimiseConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every), desc="texture")
     layers.eval()
 
@@ -590,8 +605,10 @@ STAGES = {
                       makes=("model", "geometry"), config_keys=("object", "geometry"),
                       schemas={**_BODY, "canonicalise": CanonicaliseConfig, "geometry": GeometryConfig},
                       description="two DMTet layers fitted to the scan (+ pose-guided SDS)"),
-    "texture": Stage("texture", texture, needs=(INPUT, "scan", "body", "segmentation", "geometry"), makes=("textured",),
-                     config_keys=("texture",), schemas={**_BODY, "canonicalise": CanonicaliseConfig, "texture": TextureConfig},
+    "texture": Stage("texture", texture, needs=(INPUT, "scan", "body", "segmentation", "canonical", "geometry"),
+                     makes=("textured",), config_keys=("object", "texture"),
+                     schemas={**_BODY, "canonicalise": CanonicaliseConfig, "geometry": GeometryConfig,
+                              "texture": TextureConfig},
                      description="a colour field per layer, baked into UV maps"),
     "layers": Stage("layers", layers, needs=(INPUT, "body", "frame", "textured"), makes=("rig", "posed", "reposed"),
                     config_keys=("object", "layers"), schemas={**_BODY, "canonicalise": CanonicaliseConfig,

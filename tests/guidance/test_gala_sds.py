@@ -1,9 +1,10 @@
 """GALA's pose-guided SDS: the tiny random SD + ControlNet through the pipeline, and an oracle prior.
 
 The oracle's noise prediction is exact for one known clean latent: the (normals, coverage)
-render of the true canonical jacket over the body at a fixed canonical view. SDS under it must
-move the DMTet object layer toward that jacket (its silhouette IoU at the view rises, the latent
-error falls), which a wrong sign, a detached render or a broken ControlNet path would not do.
+render of a known target body (the canonical body scaled 1.2x about its centre) at a fixed
+canonical view. SDS under it must move the DMTet human layer toward that target (its
+silhouette IoU with the target's rises, the latent error falls), which a wrong sign, a detached
+render or a broken ControlNet path would not do.
 """
 
 from __future__ import annotations
@@ -17,25 +18,30 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli_runs import run_cli  # noqa: E402
-from gala_fixtures import body_model, clothed_scan, scan_truth  # noqa: E402,F401  (fixtures)
+from cli_runs import run_cli
 
 S = 16  # latent size of the tiny models
 
 
 @pytest.mark.slow
 def test_tiny_controlnet_runs_the_pose_guided_sds_in_the_pipeline(tmp_path, tiny_models):
-    proc = run_cli("run", "gala", f"out={tmp_path}", "run=sds", "pipeline.stages=[normalise,segment,canonicalise,geometry]",
+    """Geometry (normal + mask latent) and texture (RGB through the VAE) SDS, both ControlNet-guided."""
+    proc = run_cli("run", "gala", f"out={tmp_path}", "run=sds", "pipeline.stages=[normalise,segment,canonicalise,geometry,texture]",
                    "geometry.grid_resolution=24", "geometry.steps=86", "geometry.init_steps=80", "geometry.resolution=48",
                    "segment.resolution=48", "segment.vote_resolution=96", f"geometry.prior_model={tiny_models.sd}",
                    f"geometry.controlnet={tiny_models.controlnet}", f"+geometry.prior.latent_size={S // 2}",
-                   "geometry.sds_resolution=32", "device=cpu", "quiet=true")
+                   "geometry.sds_resolution=32", "texture.steps=3", "texture.resolution=32", "texture.texture_size=32",
+                   "device=cpu", "quiet=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in (tmp_path / "gala" / "sds" / "stages" / "geometry" / "metrics.jsonl")
             .read_text().splitlines()]
     sds = [r["sds"] for r in rows if "sds" in r]
     assert len(sds) == 6 and all(np.isfinite(v) and v > 0 for v in sds)  # on from the end of the initialisation
     assert all(np.isfinite(r["total"]) for r in rows)
+    rows = [json.loads(ln) for ln in (tmp_path / "gala" / "sds" / "stages" / "texture" / "metrics.jsonl")
+            .read_text().splitlines()]
+    tex = [r["texture_sds"] for r in rows]
+    assert len(tex) == 3 and all(np.isfinite(v) and v > 0 for v in tex)
 
 
 def _fixed_batch(space, cams, keypoints):
@@ -45,11 +51,15 @@ def _fixed_batch(space, cams, keypoints):
 
 
 @pytest.mark.slow
-def test_sds_under_an_oracle_moves_the_object_layer_toward_the_known_jacket(tiny_models, oracle_cls, body_model,
+def test_sds_under_an_oracle_moves_the_human_layer_toward_a_known_target(tiny_models, oracle_cls, body_model,
                                                                             scan_truth):
     from layerforge.models.dmtet import DMTetConfig
     from layerforge.models.gala.canonical import CanonicalSpace, pose_body
-    from layerforge.models.gala.losses import InitSDFLoss, PoseGuidedSDS, init_sdf_samples
+    from layerforge.models.gala.losses import (
+        InitSDFLoss,
+        PoseGuidedSDS,
+        init_sdf_samples,
+    )
     from layerforge.models.gala.model import GalaLayers
     from layerforge.models.gala.render import render_layers
     from layerforge.models.guidance import ControlNetSDSGuidance
@@ -70,11 +80,11 @@ def test_sds_under_an_oracle_moves_the_object_layer_toward_the_known_jacket(tiny
         opt.step()
 
     cams = orbit_cameras(5.0, -90.0, 2.6, 40.0, 64, 64, target=(lo + hi) / 2)
-    jacket = torch.from_numpy(scan_truth["jacket_canonical_vertices"])
-    jf = torch.from_numpy(scan_truth["jacket_faces"])
+    centre = (lo + hi) / 2
+    big = (space.body.vertices - centre) * 1.2 + centre
     with torch.no_grad():
-        t_img = render_layers([jacket, space.body.vertices], [jf, body_model.faces], cams)
-        t_obj = render_layers([jacket], [jf], cams, antialiased=False).alpha[0, ..., 0] > 0.5
+        t_img = render_layers([big], [body_model.faces], cams)
+        t_sil = t_img.alpha[0, ..., 0] > 0.5
     target = torch.nn.functional.interpolate(torch.cat([t_img.normals, t_img.alpha], -1).permute(0, 3, 1, 2), (S, S),
                                              mode="bilinear", align_corners=False) * 2 - 1
     guidance = ControlNetSDSGuidance({
@@ -89,21 +99,21 @@ def test_sds_under_an_oracle_moves_the_object_layer_toward_the_known_jacket(tiny
     def measure() -> tuple[float, float]:
         with torch.no_grad():
             m = layers.meshes()
-            img = render_layers([m.canonical["object"], m.canonical["human"]], [m.faces["object"], m.faces["human"]], cams)
+            img = render_layers([m.canonical["human"]], [m.faces["human"]], cams)
             lat = torch.nn.functional.interpolate(torch.cat([img.normals, img.alpha], -1).permute(0, 3, 1, 2), (S, S),
                                                   mode="bilinear", align_corners=False) * 2 - 1
-            obj = render_layers([m.canonical["object"]], [m.faces["object"]], cams, antialiased=False).alpha[0, ..., 0] > 0.5
-        return float((lat - target).pow(2).mean()), float((obj & t_obj).sum() / (obj | t_obj).sum())
+            sil = img.alpha[0, ..., 0] > 0.5
+        return float((lat - target).pow(2).mean()), float((sil & t_sil).sum() / (sil | t_sil).sum())
 
     err0, iou0 = measure()
-    opt = torch.optim.Adam(layers.object.parameters(), lr=1e-3)
-    for s in range(1, 80, 2):  # odd steps: the composition with the object prompt
+    opt = torch.optim.Adam(layers.human.parameters(), lr=3e-3)
+    for s in range(0, 80, 2):  # even steps: the human layer alone
         info = {"log": {}}
         loss = term(layers, batch, s, info)
         opt.zero_grad()
         loss.backward()
         opt.step()
     err1, iou1 = measure()
-    print(f"oracle SDS: latent MSE {err0:.4f} -> {err1:.4f}, object IoU at the view {iou0:.3f} -> {iou1:.3f}")
-    assert err1 < 0.7 * err0
-    assert iou1 > iou0 + 0.1
+    print(f"oracle SDS: latent MSE {err0:.4f} -> {err1:.4f}, silhouette IoU with the target {iou0:.3f} -> {iou1:.3f}")
+    assert err1 < 0.5 * err0  # measured 0.157 -> 0.052
+    assert iou1 > iou0 + 0.05  # measured 0.50 -> 0.73

@@ -64,16 +64,19 @@ class ScanColourBatches:
             keyword arguments of :func:`~layerforge.models.gala.render.render_colours`
             (``colours=`` or ``uv=`` + ``texture=``). face_is_object [F] bool.
         foci: what views look at; views_per_step, resolution, close_up_probability as :class:`GalaBatches`.
+        canonical_foci, keypoints [18, 3], sds_resolution: canonical views for the texture SDS (optional).
     """
 
     def __init__(self, scan_vertices: Tensor, scan_faces: Tensor, colours: dict, face_is_object: Tensor,
                  foci: Sequence[Focus], views_per_step: int, resolution: int, close_up_probability: float,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", canonical_foci: Sequence[Focus] | None = None,
+                 keypoints: Tensor | None = None, sds_resolution: int = 64) -> None:
         self.v, self.f = scan_vertices.float().to(device), scan_faces.long().to(device)
         self.colours = {k: v.to(device) for k, v in colours.items()}
         self.labels = torch.where(face_is_object.to(device), 0, 1)
         self.foci, self.n, self.res, self.p = list(foci), views_per_step, resolution, close_up_probability
         self.device = device
+        self.canonical_foci, self.keypoints, self.sds_res = canonical_foci, keypoints, sds_resolution
 
     def sample(self, step: int, generator: torch.Generator) -> dict:
         from layerforge.models.gala.render import render_colours
@@ -83,4 +86,8 @@ class ScanColourBatches:
         with torch.no_grad():
             rgb, alpha, fid = render_colours(self.v, self.f, views.cameras, **self.colours)
         labels = torch.where(fid >= 0, self.labels[fid.clamp_min(0)], torch.full_like(fid, -1))
-        return {"seed": seed, "cameras": views.cameras, "gt_rgb": rgb, "gt_alpha": alpha, "gt_labels": labels}
+        batch = {"seed": seed, "cameras": views.cameras, "gt_rgb": rgb, "gt_alpha": alpha, "gt_labels": labels}
+        if self.canonical_foci is not None:
+            batch["canonical"] = sample_views(self.n, self.sds_res, self.canonical_foci, self.p, generator, device=self.device)
+            batch["keypoints"] = self.keypoints.to(self.device)
+        return batch

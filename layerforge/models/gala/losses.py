@@ -39,6 +39,9 @@ PAPER_WEIGHTS = {
     "overlap": 1.0e5,  # dmtet.py: 1e5 * loss_fn(mask_hum * overlap_mask, overlap_mask)
     "sdf_reg": 0.0,  # commented out in GALA's tick
     "sds": 1.0,  # w_sds
+    "init_sdf": 1.0,  # pre_train_sdf (init_iter steps)
+    "texture_rgb": 1.0e8,  # config/default_tex.yaml w_recon_rgb
+    "texture_sds": 1.0,  # config/default_tex.yaml w_sds
 }
 OBJECT_MASK_FACTOR = 50.0  # dmtet.py: loss_fn(mask_obj, gt_mask_obj) * 50
 ERODE_PX = 5  # dmtet.py: erode_size = 5 (overlap); dilate_seg is a 5 px max-pool too
@@ -164,8 +167,6 @@ class PoseGuidedSDS(GalaTerm):
         self.prompts = prompts
 
     def loss(self, model, batch, step, info) -> Tensor:
-        from layerforge.models.guidance.openpose import draw_openpose, project_points
-
         m = step_meshes(model, step, info)
         views = batch["canonical"]
         cams = views.cameras
@@ -176,12 +177,7 @@ class PoseGuidedSDS(GalaTerm):
             img = render_layers([m.canonical["object"], m.canonical["human"]], [m.faces["object"], m.faces["human"]], cams)
             prompt = self.prompts["object"]
         latent_image = torch.cat([img.normals, img.alpha], dim=-1)
-        kp = batch["keypoints"].to(cams.K)
-        control = []
-        for i in range(len(cams)):
-            uv, front = project_points(kp, cams.K[i], cams.world_to_camera[i])
-            control.append(draw_openpose(uv, cams.height, cams.width, visible=front))
-        out = self.guidance(latent_image, control_image=torch.stack(control).to(latent_image), step=step,
+        out = self.guidance(latent_image, control_image=skeleton_images(batch["keypoints"], cams).to(latent_image), step=step,
                             elevation_deg=views.elevation_deg, azimuth_deg=views.azimuth_deg, prompt=prompt,
                             generator=batch_generator(batch, 7))
         for k, v in out.logs.items():
@@ -206,8 +202,24 @@ def gala_terms(weights: dict[str, float], guidance=None, prompts: dict[str, str]
     return terms
 
 
-__all__ = ["PAPER_WEIGHTS", "GalaTerm", "HumanReconLoss", "InitSDFLoss", "init_sdf_samples", "ObjectReconLoss", "OverlapLoss", "PoseGuidedSDS", "SDFRegulariser", "TextureReconLoss",
-           "SegmentationLoss", "gala_terms", "step_meshes", "step_renders"]
+__all__ = [
+    "PAPER_WEIGHTS",
+    "GalaTerm",
+    "HumanReconLoss",
+    "InitSDFLoss",
+    "ObjectReconLoss",
+    "OverlapLoss",
+    "PoseGuidedSDS",
+    "SDFRegulariser",
+    "SegmentationLoss",
+    "TextureReconLoss",
+    "TextureSDSLoss",
+    "gala_terms",
+    "init_sdf_samples",
+    "skeleton_images",
+    "step_meshes",
+    "step_renders",
+]
 
 
 class InitSDFLoss(GalaTerm):
@@ -222,7 +234,6 @@ class InitSDFLoss(GalaTerm):
     """
 
     key = "init_sdf"
-    paper_weights = {"init_sdf": 1.0}
 
     def __init__(self, points: Tensor, sdf: Tensor, per_step: int, weight=None, name=None) -> None:
         super().__init__(weight, name)
@@ -273,12 +284,49 @@ class TextureReconLoss(GalaTerm):
     """
 
     key = "texture_rgb"
-    paper_weights = {"texture_rgb": 1.0e8}  # config/default_tex.yaml w_recon_rgb
 
     def loss(self, model, batch, step, info) -> Tensor:
         total = 0.0
         for label, name in ((1, "human"), (0, "object")):
             seg = min_pool((batch["gt_labels"] == label).to(batch["gt_rgb"])[..., None], SEG_DILATE_PX)
-            rgb, alpha = model.render(name, batch["cameras"])
+            rgb, _ = model.render(name, batch["cameras"])
             total = total + F.mse_loss(rgb * seg, batch["gt_rgb"] * batch["gt_alpha"] * seg)
         return total
+
+
+class TextureSDSLoss(GalaTerm):
+    """GALA's texture SDS (``w_sds`` 1): the textured layers in canonical space, RGB through the
+    VAE, the OpenPose skeleton of the canonical body as the ControlNet's condition.
+
+    Batch keys: ``canonical`` (:class:`~.views.ViewBatch`), ``keypoints`` [18, 3]. The model is a
+    :class:`~.model.TexturedLayers`.
+    """
+
+    key = "texture_sds"
+
+    def __init__(self, guidance, prompt: str, weight=None, name=None) -> None:
+        super().__init__(weight, name)
+        self.guidance, self.prompt = guidance, prompt
+
+    def loss(self, model, batch, step, info) -> Tensor:
+        views = batch["canonical"]
+        rgb, alpha = model.render_canonical(views.cameras)
+        rgb = rgb + (1.0 - alpha)  # on white, as GALA's renders over a white background
+        out = self.guidance(rgb, control_image=skeleton_images(batch["keypoints"], views.cameras).to(rgb), step=step,
+                            elevation_deg=views.elevation_deg, azimuth_deg=views.azimuth_deg, prompt=self.prompt,
+                            generator=batch_generator(batch, 13))
+        for k, v in out.logs.items():
+            info["log"][f"texture_sds_{k}"] = v
+        return out.loss
+
+
+def skeleton_images(keypoints: Tensor, cameras) -> Tensor:
+    """[B, H, W, 3] OpenPose-18 drawings of ``keypoints`` [18, 3] (world metres) seen by ``cameras``."""
+    from layerforge.models.guidance.openpose import draw_openpose, project_points
+
+    kp = keypoints.to(cameras.K)
+    out = []
+    for i in range(len(cameras)):
+        uv, front = project_points(kp, cameras.K[i], cameras.world_to_camera[i])
+        out.append(draw_openpose(uv, cameras.height, cameras.width, visible=front))
+    return torch.stack(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor, nn
 
 from layerforge.models.dmtet import DMTetConfig, DMTetGeometry, marching_tets
@@ -87,3 +88,30 @@ class TexturedLayers(nn.Module):
         rgb, alpha, _ = render_colours(self.posed[name].to(dev), self.faces[name].to(dev), cameras.to(device=dev),
                                        field=self.fields[name], field_points=self.canonical[name].to(dev))
         return rgb, alpha
+
+    def render_canonical(self, cameras, names: tuple[str, ...] = LAYERS) -> tuple[Tensor, Tensor]:
+        """(rgb [B, H, W, 3], alpha [B, H, W, 1]) of the layers together in canonical space, unlit:
+        each pixel's colour from the field of the layer it sees (GALA's canonical texture SDS)."""
+        from layerforge.renderers.mesh import antialias, interpolate, rasterize
+
+        dev = next(self.parameters()).device
+        cams = cameras.to(device=dev)
+        verts = [self.canonical[n].to(dev) for n in names]
+        offs = [0]
+        for v in verts[:-1]:
+            offs.append(offs[-1] + len(v))
+        allv = torch.cat(verts)
+        allf = torch.cat([self.faces[n].to(dev) + o for n, o in zip(names, offs)])
+        owner = torch.cat([torch.full((len(self.faces[n]),), k, device=dev) for k, n in enumerate(names)])
+        frags = rasterize(allv, allf, cams)
+        pts = interpolate(allv, frags, allf)
+        hit = frags.mask
+        layer = torch.where(hit, owner[frags.face_id.clamp_min(0)], torch.full_like(frags.face_id, -1))
+        rgb = torch.zeros(*hit.shape, 3, device=dev)
+        for k, n in enumerate(names):
+            sel = layer == k
+            if bool(sel.any()):
+                rgb = rgb.masked_scatter(sel[..., None].expand_as(rgb), self.fields[n](pts[sel]).to(rgb))
+        a = hit[..., None].to(rgb)
+        img = antialias(torch.cat([rgb * a, a], dim=-1), frags, allv, allf, cams)
+        return img[..., :3], img[..., 3:]
