@@ -11,6 +11,11 @@ LOCK := requirements/lock.txt
 
 # JIT-built kernels (ours, gsplat's, nerfacc's) live inside the build folder, never in $HOME.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/torch_extensions
+# anny (gala's open body) builds its model once (~50-90 s, 2.2 GB peak) into this cache; Warp,
+# which anny imports only for its optional kernels, keeps its cache there too (never in $HOME).
+export ANNY_CACHE_DIR ?= $(CURDIR)/build/anny
+export WARP_CACHE_PATH ?= $(CURDIR)/build/warp
+ANNY_STAMP := build/anny/.built
 # Our CUDA kernel builds without a GPU; torch needs the toolkit root and target archs spelled out.
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
@@ -41,8 +46,14 @@ $(STAMP): $(LOCK) pyproject.toml
 demo: $(STAMP)
 	$(PY) -m layerforge.cli run bsp run=demo
 
-test: $(STAMP)
+test: $(STAMP) $(ANNY_STAMP)
 	$(PY) -m pytest -q tests
+
+# anny's first build writes ~790 MB; only its compact model data (~50 MB) is read afterwards.
+$(ANNY_STAMP): $(STAMP)
+	$(PY) -c "from layerforge.models.body.anny import build_anny; build_anny()"
+	rm -f build/anny/v*/load_data_*.safetensors build/anny/v*/build_model_data_*.safetensors
+	@touch $@
 
 bench: $(STAMP)
 	$(PY) benchmarks/renderers.py

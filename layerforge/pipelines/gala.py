@@ -79,20 +79,26 @@ def scan_and_fit(src: Path, fit: str | None) -> tuple[Path, Path]:
 
 
 def load_body(cfg: BodyConfig, scan: Path):
-    """The body model: ``body.model`` (SMPL-X file or ``anny``), else ``body_model.npz`` beside the scan."""
+    """The body model: ``body.model`` (an SMPL-X file, or ``anny``); unset: ``body_model.npz``
+    beside the scan, else the open anny body (whose fits give one ``pose`` of its 104 joints)."""
     from layerforge.models.body import load_smplx
 
-    if cfg.model == "anny":
-        from layerforge.models.body.anny import load_anny
+    path = Path(cfg.model).expanduser() if cfg.model and cfg.model != "anny" else scan.parent / BODY_FILE
+    if cfg.model == "anny" or (not cfg.model and not path.is_file()):
+        try:
+            from layerforge.models.body.anny import load_anny
 
-        return load_anny()
-    path = Path(cfg.model).expanduser() if cfg.model else scan.parent / BODY_FILE
+            model = load_anny()
+        except ImportError:
+            raise InputError("no body model given and anny is not installed",
+                             "set body.model=<SMPLX_NEUTRAL.npz|.pkl> (your SMPL-X download) or run `make` "
+                             "(it installs the open anny body)") from None
+        if not cfg.model:
+            log.info("gala: no body.model given: the open anny body (set body.model=<SMPL-X file> for SMPL-X fits)")
+        return model
     if not path.is_file():
-        if cfg.model:
-            raise InputError(f"body.model={cfg.model} does not exist",
-                             "pass your SMPLX_NEUTRAL.npz/.pkl (SMPL-X is non-commercial: download it from smpl-x.is.tue.mpg.de)")
-        raise InputError("no body model given and none next to the scan",
-                         "set body.model=<SMPLX_NEUTRAL.npz|.pkl> (your SMPL-X download) or body.model=anny")
+        raise InputError(f"body.model={cfg.model} does not exist",
+                         "pass your SMPLX_NEUTRAL.npz/.pkl (SMPL-X is non-commercial: download it from smpl-x.is.tue.mpg.de)")
     return load_smplx(path, num_betas=cfg.num_betas, num_expression=cfg.num_expression)
 
 

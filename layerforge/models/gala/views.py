@@ -79,7 +79,14 @@ def body_foci(vertices: Tensor, keypoints: Tensor, joint_names: Sequence[str], o
         olo, ohi = object_points.min(0).values, object_points.max(0).values
         out.append(Focus("object", (olo + ohi) / 2, float((ohi - olo).norm() / 2)))
     names = list(joint_names)
-    for name, radius in (("head", 0.18), ("left_wrist", 0.14), ("right_wrist", 0.14)):
-        if name in names:
-            out.append(Focus(name, keypoints[names.index(name)], radius))
+    for aliases, radius in (HEAD, 0.18), (LEFT_WRIST, 0.14), (RIGHT_WRIST, 0.14):
+        name = next((a for a in aliases if a in names), None)
+        if name is not None:
+            out.append(Focus(aliases[0], keypoints[names.index(name)], radius))
     return out
+
+
+# close-up targets by joint name: SMPL-X's, then anny's
+HEAD = ("head",)
+LEFT_WRIST = ("left_wrist", "wrist.L")
+RIGHT_WRIST = ("right_wrist", "wrist.R")
