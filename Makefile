@@ -60,6 +60,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bsp.py
 	$(PY) benchmarks/guidance.py
 	$(PY) benchmarks/decomp_nerf.py
+	$(PY) benchmarks/dp_recon.py --quick
+	$(PY) benchmarks/gala.py --quick
 
 # Regenerate the lock from requirements/base.in in a scratch venv.
 lock:
@@ -91,4 +93,5 @@ gpu-wheels: $(STAMP)
 	  $$(for p in $(GPU_WHEEL_PKGS); do grep -i -m1 "^$$p==" $(LOCK) || echo "$$p==not-in-$(LOCK)"; done)
 	$(GPU_PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) $$(grep -i -m1 '^antlr4-python3-runtime==' $(LOCK))
 	$(PY) benchmarks/decomp_nerf.py --save-data $(GPU_WHEELS)/data/decomp_nerf.pt
+	$(PY) benchmarks/gala.py --prepare $(GPU_WHEELS)/data/gala
 	@ls $(GPU_WHEELS) && du -ch $(GPU_WHEELS)/*.whl $(GPU_WHEELS)/data/* | tail -1

@@ -47,13 +47,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SECTION_RE = re.compile(r"^## GPU rows \((?P<device>.+), (?P<date>\d{4}-\d{2}-\d{2})\)[ \t]*$")
 STEP_NAMES = ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance", "bench-decomp-nerf",
-              "bench-dp-recon")
+              "bench-dp-recon", "bench-gala")
 WHEEL_BUDGET_MIB = 48  # the tree carried to a GPU machine is capped at 64 MiB in all
 
 # (module[:names it must provide], what needs it, the GPU steps that cannot run without it)
 DEPENDENCIES: list[tuple[str, str, tuple[str, ...]]] = [
     ("torch", "everything", ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance",
-                             "bench-decomp-nerf", "bench-dp-recon")),
+                             "bench-decomp-nerf", "bench-dp-recon", "bench-gala")),
     ("numpy", "diffusers, gsplat, tests", ()),
     ("pytest", "the GPU tests", ("tests",)),
     ("pytest_timeout", "pyproject's --timeout option (dropped when missing)", ()),
@@ -62,7 +62,7 @@ DEPENDENCIES: list[tuple[str, str, tuple[str, ...]]] = [
     ("jaxtyping", "gsplat", ()),
     ("rich", "gsplat", ()),
     ("diffusers:UNet2DConditionModel,DDPMScheduler", "benchmarks/guidance.py (SD-2.1 UNet, scheduler)",
-     ("bench-guidance", "bench-dp-recon")),
+     ("bench-guidance", "bench-dp-recon", "bench-gala")),
     ("huggingface_hub", "diffusers", ()),
     ("safetensors", "diffusers", ()),
     ("PIL", "diffusers", ()),
@@ -619,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = [("bench-renderers", "Renderers (`benchmarks/renderers.py`)"),
               ("bench-guidance", "Guidance (`benchmarks/guidance.py`)"),
               ("bench-decomp-nerf", "UDC-NeRF training step and time to PSNR (`benchmarks/decomp_nerf.py`)"),
-              ("bench-dp-recon", "DP-Recon recon / SDS / texture steps (`benchmarks/dp_recon.py`)")]
+              ("bench-dp-recon", "DP-Recon recon / SDS / texture steps (`benchmarks/dp_recon.py`)"),
+              ("bench-gala", "GALA geometry step (`benchmarks/gala.py`)")]
     log_dir = args.log_dir
 
     def record() -> None:
@@ -688,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     pargv = [py, "benchmarks/dp_recon.py", "--device", "cuda"]  # SD-2.1-base fp16: the <= 25 % SDS overhead target
     bench_p = Step("bench-dp-recon", "benchmark: DP-Recon", pargv, 420, skip_reason("bench-dp-recon"))
     results += run_steps([bench_p], env, log_dir, deadline)
+    record()
+    gala = args.wheels / "data" / "gala"  # the synthetic scan and init samples, prepared by make gpu-wheels
+    lgargv = [py, "benchmarks/gala.py", "--device", "cuda", "--data", str(gala)]  # the 15-min geometry-stage target
+    bench_l = Step("bench-gala", "benchmark: GALA", lgargv, 420, skip_reason("bench-gala")
+                   or (None if (gala / "init_samples.npz").is_file() else f"{gala} missing (make gpu-wheels)"))
+    results += run_steps([bench_l], env, log_dir, deadline)
     record()
 
     section = build_section(dev["name"], date, context, results, tables)
