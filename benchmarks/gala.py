@@ -66,6 +66,9 @@ def prepare(folder: Path) -> Path:
     from layerforge.models.gala.synthetic_scan import write_clothed_scan
 
     write_clothed_scan(folder, resolution=48)
+    arrays = dict(np.load(folder / "body_model.npz"))  # float32 halves it for the carry to a GPU machine
+    np.savez_compressed(folder / "body_model.npz", **{k: v.astype(np.float32) if v.dtype == np.float64 else v
+                                                      for k, v in arrays.items()})
     model = load_smplx(folder / "body_model.npz")
     space = CanonicalSpace(model)
     truth = np.load(folder / "truth.npz")
