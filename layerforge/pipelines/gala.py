@@ -125,7 +125,7 @@ def normalise(ctx: StageContext) -> None:
     scan_path, fit_path = scan_and_fit(ctx.input(INPUT), cfg.fit)
     model = load_body(bcfg, scan_path)
     fit = read_fit(fit_path, model, flat_hand_mean=bcfg.flat_hand_mean)
-    scan = read_mesh(scan_path, up_axis=cfg.up_axis)
+    scan = read_mesh(scan_path, up_axis=str(ctx.cfg.get("input_up_axis", "auto")))
     if scan.colors is None and (scan.material is None or scan.material.base_color_texture is None or scan.uvs is None):
         raise InputError(f"{scan_path.name} has no texture and no vertex colours",
                          "export the scan with its texture (OBJ: mtllib + map_Kd, glTF: baseColorTexture)")
@@ -139,7 +139,7 @@ def normalise(ctx: StageContext) -> None:
     median = float(np.median(d))
     if median > cfg.max_scan_distance:
         raise InputError(f"{scan_path.name} lies {median:.3f} m (median) from its posed body fit {fit_path.name}",
-                         "check that the fit belongs to this scan and its up axis (normalise.up_axis=y|z)")
+                         "check that the fit belongs to this scan and the scan's up axis (input_up_axis=Y|Z)")
     log.info("gala: scan %s, %d faces, median %.1f mm from the posed body", scan_path.name, len(scan.faces), 1e3 * median)
     ctx.save("scan", Mesh(verts.astype(np.float32), scan.faces, None, scan.uvs, scan.colors, scan.material))
     ctx.save("body", {"betas": betas.numpy(), "pose": pose.numpy(), "vertices": body.vertices.numpy(),
@@ -599,7 +599,7 @@ def _layer_previews(ctx: StageContext, rig, posed, size: int, frames: int) -> No
 _BODY = {"body": BodyConfig, "normalise": NormaliseConfig}
 STAGES = {
     "normalise": Stage("normalise", normalise, needs=(INPUT,), makes=("scan", "body", "frame"),
-                       config_keys=("body", "normalise"), schemas=_BODY,
+                       config_keys=("body", "normalise", "input_up_axis"), schemas=_BODY,
                        description="read the scan and its body fit, move them into GALA's frame"),
     "segment": Stage("segment", segment, needs=(INPUT, "scan"), makes=("segmentation",),
                      config_keys=("object", "segment"), schemas={**_BODY, "segment": SegmentConfig},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from layerforge.pipelines.schema import at_least, one_of, positive, require
+from layerforge.pipelines.schema import at_least, positive, require
 
 
 @dataclasses.dataclass
@@ -23,12 +23,9 @@ class BodyConfig:
 @dataclasses.dataclass
 class NormaliseConfig:
     fit: str | None = None  # the body fit file; null: smplx_param.{pkl,npz,json} (or *fit*) next to the scan
-    up_axis: str | None = None  # override the scan's up axis (y or z); null: by file type (OBJ/glTF +Y, PLY +Z)
     max_scan_distance: float = 0.08  # metres: the scan's median distance to the posed body above this is an error (ours)
 
     def __post_init__(self) -> None:
-        if self.up_axis is not None:
-            one_of("normalise.up_axis", self.up_axis, ("y", "z"))
         positive("normalise.max_scan_distance", self.max_scan_distance)
 
 
