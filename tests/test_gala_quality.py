@@ -27,8 +27,8 @@ def _chamfer_mm(va, fa, vb, fb) -> tuple[float, float]:
 
 
 def _iou(va, fa, vb, fb) -> float:
-    from layerforge.models.gala.render import render_layers
     from layerforge.renderers.cameras import orbit_cameras
+    from layerforge.renderers.layers import render_layers
 
     v = torch.from_numpy(np.asarray(vb, np.float32))
     c = (v.min(0).values + v.max(0).values) / 2

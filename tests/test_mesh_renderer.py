@@ -623,3 +623,21 @@ def test_cuda_backend_draws_the_same_clipped_triangles():
     assert int(ref.mask.sum()) > 1000
     assert torch.equal(gpu.face_id.cpu(), ref.face_id)
     torch.testing.assert_close(gpu.depth.cpu(), ref.depth, rtol=1e-5, atol=0)
+
+
+def test_degenerate_triangles_give_no_nan():
+    """Zero-area triangles (marching cubes / tets make them) neither poison colours nor gradients."""
+    from layerforge.renderers.cameras import orbit_cameras
+    from layerforge.renderers.mesh import antialias, interpolate, rasterize
+
+    v = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0],
+                      [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.0],  # collinear / coincident corners
+                      [0.3, -0.3, 0.0], [0.3, -0.3, 0.0], [0.3, -0.3, 0.0]], requires_grad=True)
+    f = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    cams = orbit_cameras(90.0, 0.0, 2.0, 40.0, 32, 32)
+    frags = rasterize(v, f, cams)
+    col = interpolate(torch.rand(9, 3), frags, f)
+    img = antialias(torch.cat([col, frags.mask[..., None].float()], -1), frags, v, f, cams)
+    assert torch.isfinite(frags.barycentrics).all() and torch.isfinite(img).all()
+    img.sum().backward()
+    assert torch.isfinite(v.grad).all()

@@ -124,7 +124,13 @@ def normalise(ctx: StageContext) -> None:
     bcfg: BodyConfig = ctx.typed("body")
     scan_path, fit_path = scan_and_fit(ctx.input(INPUT), cfg.fit)
     model = load_body(bcfg, scan_path)
-    fit = read_fit(fit_path, model, flat_hand_mean=bcfg.flat_hand_mean)
+    try:
+        fit = read_fit(fit_path, model, flat_hand_mean=bcfg.flat_hand_mean)
+    except InputError as err:
+        if bcfg.model or not model.name.startswith("anny"):
+            raise
+        raise InputError(f"no body model given, and the open anny body cannot read {fit_path.name} ({err.problem})",
+                         "for an SMPL-X fit set body.model=<SMPLX_NEUTRAL.npz|.pkl> (your SMPL-X download)") from None
     scan = read_mesh(scan_path, up_axis=str(ctx.cfg.get("input_up_axis", "auto")))
     if scan.colors is None and (scan.material is None or scan.material.base_color_texture is None or scan.uvs is None):
         raise InputError(f"{scan_path.name} has no texture and no vertex colours",

@@ -343,6 +343,20 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+# Twice a projected triangle's area (pixels^2) below which it counts as degenerate: marching
+# cubes / tets make zero-area triangles, which the float32 visibility search may still report
+# as covering a pixel; their weights would be 0 / 0.
+DEGENERATE_AREA = 1e-9
+
+
+def _normalised_weights(raw: Tensor) -> Tensor:
+    """[P, 3] edge-function weights divided by their sum; a degenerate triangle's: (1/3, 1/3, 1/3), no NaN gradient."""
+    total = raw.sum(-1, keepdim=True)
+    ok = total.abs() > DEGENERATE_AREA
+    safe = torch.where(ok, total, torch.ones_like(total))
+    return torch.where(ok, raw / safe, torch.full_like(raw, 1.0 / 3.0))
+
+
 def _barycentrics(
     hom: Tensor, pix: Tensor, z: Tensor, faces: Tensor, face_id: Tensor, crossing: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -376,7 +390,7 @@ def _barycentrics(
         w1 = (x[:, 0] - x[:, 2]) * (qy - y[:, 2]) - (y[:, 0] - y[:, 2]) * (qx - x[:, 2])
         w2 = (x[:, 1] - x[:, 0]) * (qy - y[:, 0]) - (y[:, 1] - y[:, 0]) * (qx - x[:, 0])
         screen = torch.stack([w0, w1, w2], dim=-1)
-        screen = screen / screen.sum(-1, keepdim=True)
+        screen = _normalised_weights(screen)
         persp = screen * iz
         inv = persp.sum(-1, keepdim=True)
         bary = bary.index_put((bi[r], ii[r], jj[r]), persp / inv)
@@ -389,7 +403,7 @@ def _barycentrics(
             [(q * torch.linalg.cross(hv[:, (k + 1) % 3], hv[:, (k + 2) % 3], dim=-1)).sum(-1) for k in range(3)],
             dim=-1,
         )
-        bc = det / det.sum(-1, keepdim=True)
+        bc = _normalised_weights(det)
         bary = bary.index_put((bi[c], ii[c], jj[c]), bc)
         depth = depth.index_put((bi[c], ii[c], jj[c]), (bc * hv[..., 2]).sum(-1))
     return bary, depth
@@ -724,7 +738,10 @@ def antialias(
         d = v1 - v0
         ea = d[:, 0] * (ca[:, 1] - v0[:, 1]) - d[:, 1] * (ca[:, 0] - v0[:, 0])
         eo = d[:, 0] * (co[:, 1] - v0[:, 1]) - d[:, 1] * (co[:, 0] - v0[:, 0])
-        t = ea / (ea - eo)  # where the edge's line crosses the segment a -> o
+        denom = ea - eo
+        ok = denom.abs() > DEGENERATE_AREA
+        # where the edge's line crosses the segment a -> o; a degenerate (zero-length) edge: 0.5, no blend
+        t = torch.where(ok, ea / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(ea, 0.5))
         a, o = a[keep], o[keep]
         col_a, col_o = flat[a], flat[o]
         wo = (t - 0.5).clamp_min(0)[:, None]

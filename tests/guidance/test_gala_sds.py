@@ -61,9 +61,9 @@ def test_sds_under_an_oracle_moves_the_human_layer_toward_a_known_target(tiny_mo
         init_sdf_samples,
     )
     from layerforge.models.gala.model import GalaLayers
-    from layerforge.models.gala.render import render_layers
     from layerforge.models.guidance import ControlNetSDSGuidance
     from layerforge.renderers.cameras import orbit_cameras
+    from layerforge.renderers.layers import render_layers
 
     torch.manual_seed(0)
     space = CanonicalSpace(body_model)

@@ -81,6 +81,9 @@ def _build_tables() -> tuple[Tensor, Tensor]:
 TRIANGLE_TABLE, NUM_TRIANGLES = _build_tables()
 
 
+MIN_SDF_GAP = 1e-6  # metres: the smallest SDF difference along a crossing edge (numerical guard)
+
+
 def marching_tets(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, Tensor]:
     """Extract the zero level set of a per-vertex SDF on a tet mesh.
 
@@ -131,7 +134,11 @@ def marching_tets(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, 
     # Zero crossing of the linear interpolation along each crossing edge (differentiable).
     xa, xb = vertices[a].to(dtype), vertices[b].to(dtype)
     sa, sb = sdf[a].to(dtype)[:, None], sdf[b].to(dtype)[:, None]
-    verts = (sb * xa - sa * xb) / (sb - sa)  # [M, 3]
+    # |sb - sa| >= MIN_SDF_GAP: an edge whose ends both sit on the surface (sdf ~ 0) would
+    # otherwise give a 0/0 vertex or an exploding gradient (d verts / d sa = sb (xa - xb) / d^2)
+    d = sb - sa
+    d = torch.where(d.abs() < MIN_SDF_GAP, torch.where(d < 0, -MIN_SDF_GAP, MIN_SDF_GAP), d)
+    verts = (sb * xa - sa * xb) / d  # [M, 3]
 
     with torch.no_grad():
         table = TRIANGLE_TABLE.to(device)[case]  # [Tc, 6]

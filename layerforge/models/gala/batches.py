@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from layerforge.models.gala.render import render_layers
 from layerforge.models.gala.views import Focus, sample_views
+from layerforge.renderers.layers import render_layers
 
 
 class GalaBatches:
@@ -79,7 +79,7 @@ class ScanColourBatches:
         self.canonical_foci, self.keypoints, self.sds_res = canonical_foci, keypoints, sds_resolution
 
     def sample(self, step: int, generator: torch.Generator) -> dict:
-        from layerforge.models.gala.render import render_colours
+        from layerforge.renderers.layers import render_colours
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         views = sample_views(self.n, self.res, self.foci, self.p, generator, device=self.device)

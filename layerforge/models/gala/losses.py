@@ -17,7 +17,7 @@ Per step, with the scan and both layers posed and rendered at the step's views (
 - ``sds`` x 1: pose-guided SDS in canonical space (:class:`PoseGuidedSDS`).
 
 Batch keys (from :class:`~layerforge.models.gala.views` via the pipeline's sampler): ``seed``,
-``cameras``, ``gt`` (:class:`~.render.LayerImages` of the scan with face labels 0 object / 1
+``cameras``, ``gt`` (:class:`~layerforge.renderers.layers.LayerImages` of the scan with face labels 0 object / 1
 human), ``gt_object`` (the object faces alone), ``body_alpha`` [B, H, W, 1], ``canonical``
 (:class:`~.views.ViewBatch` in canonical space), ``keypoints`` [18, 3] canonical OpenPose joints.
 """
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from layerforge.models.gala.model import LAYERS, GalaLayers, LayerMeshes
-from layerforge.models.gala.render import LayerImages, min_pool, render_layers
+from layerforge.models.gala.render import min_pool
 from layerforge.models.optimisation import PaperTerm, batch_generator
+from layerforge.renderers.layers import LayerImages, render_layers
 
 PAPER_WEIGHTS = {
     "segmentation": 2.0e5,  # w_recon_segm (config/default_geo.yaml)

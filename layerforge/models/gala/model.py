@@ -82,7 +82,7 @@ class TexturedLayers(nn.Module):
 
     def render(self, name: str, cameras) -> tuple[Tensor, Tensor]:
         """(rgb [B, H, W, 3], alpha [B, H, W, 1]) of layer ``name`` posed, unlit."""
-        from layerforge.models.gala.render import render_colours
+        from layerforge.renderers.layers import render_colours
 
         dev = next(self.parameters()).device
         rgb, alpha, _ = render_colours(self.posed[name].to(dev), self.faces[name].to(dev), cameras.to(device=dev),
