@@ -19,7 +19,7 @@ from cli_runs import kill_when, run_cli
 from scipy.spatial import cKDTree
 
 SMOKE = [
-    "geometry.grid_resolution=32", "geometry.steps=120", "geometry.init_steps=80", "geometry.resolution=64",
+    "geometry.grid_resolution=24", "geometry.steps=110", "geometry.init_steps=80", "geometry.resolution=64",
     "geometry.checkpoint_every=40", "segment.resolution=64", "segment.vote_resolution=192", "texture.steps=10",
     "texture.resolution=64", "texture.texture_size=64", "export.preview_size=64", "layers.turntable_frames=8",
     "device=cpu", "quiet=true",
@@ -119,9 +119,9 @@ def test_blender_imports_one_armature_and_a_bone_moves_body_and_jacket(smoke):
         return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
 
     rest = {n: world(o, False) for n, o in meshes.items()}
-    # upright at true scale: feet on the ground, the rig 1.05 x the synthetic body's ~1.7 m
+    # upright at true scale: feet on the ground (the body fit's soles at z = 0), 1.05 x the ~1.7 m body
     allz = np.concatenate([r[:, 2] for r in rest.values()])
-    assert abs(allz.min()) < 0.02 and 1.6 < allz.max() < 1.95
+    assert abs(allz.min()) < 0.05 and 1.6 < allz.max() < 1.95  # a coarse (24-cell) fit of the body: +-5 cm
     bone = "left_shoulder"
     b = arm.data.bones[bone]
     head = np.array(arm.matrix_world @ b.head_local)
