@@ -31,9 +31,22 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("gala")
 
 
+OTHER_BETAS = [-1.5, 1.0]  # another body: shorter and wider than the scan's
+
+
 @pytest.fixture(scope="module")
-def smoke(out) -> Path:
-    proc = run_cli("run", "gala", f"out={out}", "run=r", *SMOKE)
+def other_fit(out) -> Path:
+    """A fit of another person (other betas, zero pose) for layers.compose_fit."""
+    fit = {"betas": OTHER_BETAS + [0.0] * 8, "global_orient": [0.0] * 3, "body_pose": [0.0] * 63, "translation": [0.0] * 3,
+           "scale": 1.0}
+    path = out / "other_fit.json"
+    path.write_text(json.dumps(fit))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke(out, other_fit) -> Path:
+    proc = run_cli("run", "gala", f"out={out}", "run=r", *SMOKE, f"layers.compose_fit={other_fit}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "gala" / "r"
 
@@ -62,7 +75,7 @@ def _rotation(axis, angle: float) -> np.ndarray:
 def test_every_stage_delivers(smoke):
     export = smoke / "export"
     for name in ("avatar.glb", "avatar.usda", "avatar.blend", "canonical/canonical.obj", "posed/posed.obj",
-                 "posed/posed.glb", "scene_frame.json"):
+                 "posed/posed.glb", "composed/composed.obj", "scene_frame.json"):
         assert (export / name).is_file(), name
     for name in ("segment_vote.png", "canonical_layers.png", "reposed_turntable.gif", "canonical_scan.png"):
         assert (smoke / "previews" / name).is_file(), name
@@ -80,6 +93,29 @@ def test_posed_layers_overlay_the_scan(smoke, scan_folder):
     pts = np.concatenate([p.geometry.transformed(p.transform).vertices for p in posed.parts])
     d, _ = cKDTree(scan.vertices).query(pts)
     assert np.median(d) < 0.02 and np.percentile(d, 90) < 0.05  # metres, at these smoke sizes
+
+
+@pytest.mark.slow
+def test_the_jacket_composed_onto_another_body_fits_it(smoke, scan_folder):
+    """layers.compose_fit: the jacket on a body of other betas sits on that body, not on the scan's."""
+    from layerforge.assets.mesh_io import read_asset
+    from layerforge.models.body import load_smplx
+    from layerforge.models.gala.canonical import pose_body
+
+    parts = {p.name: p.geometry.transformed(p.transform) for p in read_asset(smoke / "export" / "composed" / "composed.obj").parts}
+    assert set(parts) == {"jacket", "other_body"}
+    model = load_smplx(scan_folder / "body_model.npz")
+    import torch
+
+    betas = torch.zeros(model.num_betas)
+    betas[:2] = torch.tensor(OTHER_BETAS)
+    other = pose_body(model, betas, torch.zeros(model.num_joints, 3)).vertices.numpy()
+    assert np.abs(parts["other_body"].vertices - other).max() < 1e-4
+    d_other, _ = cKDTree(other).query(parts["jacket"].vertices)
+    d_mean, _ = cKDTree(pose_body(model, None, torch.zeros(model.num_joints, 3)).vertices.numpy()).query(
+        parts["jacket"].vertices)
+    assert np.median(d_other) < 0.04  # metres: on the other body (a 24-cell smoke fit)
+    assert np.median(d_other) < np.median(d_mean)  # closer to it than to the mean-shape body
 
 
 @pytest.mark.slow
