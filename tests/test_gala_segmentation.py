@@ -51,17 +51,21 @@ def test_small_components_dropped_and_unseen_filled():
     assert filled[15:25].all() and not filled[:5].any()
 
 
-def test_oracle_vote_recovers_the_jacket(clothed_scan, scan_truth):
-    """36 views at 256 px (face ids at 384), the oracle masks: the vote matches the true labels."""
+def _scan_face_ids(scan_truth, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(faces [F, 3], true labels [F], face ids [36, R, R]) of the posed synthetic scan's 36 views."""
     v = torch.from_numpy(scan_truth["scan_vertices"])
     f = torch.from_numpy(scan_truth["scan_faces"])
-    truth = torch.from_numpy(scan_truth["face_is_object"])
     lo, hi = v.min(0).values, v.max(0).values
-    cams = segmentation_cameras((lo + hi) / 2, float((hi - lo).norm() / 2), 384)
+    cams = segmentation_cameras((lo + hi) / 2, float((hi - lo).norm() / 2), resolution)
     assert len(cams) == 36
-    seg = OracleSegmenter(truth)
-    ids = torch.cat([render_mesh(v, f, cams[i], antialias_edges=False).extras["face_id"] for i in range(36)])
-    masks = seg(None, ids, "jacket")
+    ids = torch.cat([render_mesh(v, f, cams[i], antialias_edges=False).extras["face_id"] for i in range(len(cams))])
+    return f, torch.from_numpy(scan_truth["face_is_object"]), ids
+
+
+def test_oracle_vote_recovers_the_jacket(clothed_scan, scan_truth):
+    """36 views at 256 px (face ids at 384), the oracle masks: the vote matches the true labels."""
+    f, truth, ids = _scan_face_ids(scan_truth, 384)
+    masks = OracleSegmenter(truth)(None, ids, "jacket")
     vote = vote_faces(ids, masks, len(f))
     lab = fill_unseen(f.numpy(), remove_small_components(f.numpy(), vote.is_object.numpy()), vote.unseen.numpy())
     accuracy = float((torch.from_numpy(lab) == truth).float().mean())
@@ -73,12 +77,7 @@ def test_oracle_vote_recovers_the_jacket(clothed_scan, scan_truth):
 
 def test_noisy_masks_still_vote_right(clothed_scan, scan_truth):
     """Masks dilated by 2 px (a segmenter bleeding over the boundary): the majority vote holds."""
-    v = torch.from_numpy(scan_truth["scan_vertices"])
-    f = torch.from_numpy(scan_truth["scan_faces"])
-    truth = torch.from_numpy(scan_truth["face_is_object"])
-    lo, hi = v.min(0).values, v.max(0).values
-    cams = segmentation_cameras((lo + hi) / 2, float((hi - lo).norm() / 2), 256)
-    ids = torch.cat([render_mesh(v, f, cams[i], antialias_edges=False).extras["face_id"] for i in range(36)])
+    f, truth, ids = _scan_face_ids(scan_truth, 256)
     masks = OracleSegmenter(truth)(None, ids, "jacket").float()
     masks = torch.nn.functional.max_pool2d(masks[:, None], 5, 1, 2)[:, 0] > 0.5
     vote = vote_faces(ids, masks, len(f))

@@ -37,6 +37,7 @@ from layerforge.assets.types import (
     Part,
     Skin,
     skeleton_groups,
+    unique_skeleton_name,
     texture_from_image,
     texture_to_png,
 )
@@ -300,11 +301,7 @@ def _skeleton_names(doc: dict[str, Any]) -> dict[int, str]:
             roots = [j for j in joints if j not in children]
             name = skin.get("name") or (doc["nodes"][roots[0]].get("name") if roots else None) or f"skeleton_{i}"
         if name:
-            name = str(name)
-            while name in used:
-                name += "_"
-            used.add(name)
-            out[i] = name
+            out[i] = unique_skeleton_name(name, used)
     return out
 
 

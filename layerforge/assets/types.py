@@ -221,6 +221,15 @@ def skeleton_groups(parts: list[Part]) -> dict[str, list[Part]]:
     return groups
 
 
+def unique_skeleton_name(name: Any, used: set[str]) -> str:
+    """``str(name)``, with ``_`` appended until it is not in ``used``; records it there (readers of shared skeletons)."""
+    name = str(name)
+    while name in used:
+        name += "_"
+    used.add(name)
+    return name
+
+
 def sh_degree_for(coeffs: int) -> int:
     """The SH degree d with (d + 1)^2 == coeffs; InputError otherwise."""
     d = int(round(np.sqrt(coeffs))) - 1

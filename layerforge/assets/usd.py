@@ -46,6 +46,7 @@ from layerforge.assets.types import (
     Skin,
     safe_name,
     skeleton_groups,
+    unique_skeleton_name,
     texture_from_image,
     texture_to_png,
 )
@@ -427,11 +428,7 @@ def _skeleton_names(stage: Any) -> dict[str, str]:
         if not name and count > 1:
             name = parent.GetName() if parent and str(parent.GetPath()) != "/" else stage.GetPrimAtPath(key).GetName()
         if name:
-            name = str(name)
-            while name in used:
-                name += "_"
-            used.add(name)
-            out[key] = name
+            out[key] = unique_skeleton_name(name, used)
     return out
 
 

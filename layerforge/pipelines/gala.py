@@ -536,7 +536,7 @@ def layers(ctx: StageContext) -> None:
         other = pose_body(model, b, p)
         body_part = Part("other_body", Mesh(other.vertices.numpy(), model.faces.numpy()), layer="body")
         extra["composed"] = posed_asset("composed", other, np.eye(4), parts=("object",), extra=(body_part,))
-    ctx.save("reposed", {k: np.array(0) for k in extra} if not extra else _pack(extra))
+    ctx.save("reposed", _pack(extra))
 
 
 def _pack(assets: dict) -> dict:
