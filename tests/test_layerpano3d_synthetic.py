@@ -244,3 +244,55 @@ def test_cached_layered_room(tmp_path):
     assert c != a and (c / "pano.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, c.name])  # no temp leftovers
     assert json.loads((a / "truth.json").read_text())["generator_version"] == GENERATOR_VERSION
+
+
+def _on_surface(scene: LayeredRoom, p: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """[N] distance of hit points to the surface their id names (plane, sphere or box face)."""
+    lo, hi = np.array(scene.room_min), np.array(scene.room_max)
+    off = np.minimum(np.abs(p - lo), np.abs(p - hi)).min(-1)
+    for o in scene.objects:
+        m = ids == o.instance
+        c = np.array(o.centre)
+        if isinstance(o, Sphere):
+            off[m] = np.abs(np.linalg.norm(p[m] - c, axis=-1) - o.radius)
+        else:
+            gap = np.abs(p[m] - c) - np.array(o.half_size)
+            off[m] = np.maximum(np.abs(gap.max(-1)), gap.max(-1))
+    return off
+
+
+def test_rays_from_anywhere(scene):
+    """Per-ray origins all over the room (outside the objects) hit the surface their id names,
+    with box normals on the hit face, and agree with the shared-origin path ray by ray."""
+    rng = np.random.default_rng(0)
+    lo, hi = np.array(scene.room_min), np.array(scene.room_max)
+    o = lo + 0.05 + rng.random((4000, 3)) * (hi - lo - 0.1)
+    inside = np.zeros(len(o), bool)
+    for ob in scene.objects:
+        c = np.array(ob.centre)
+        if isinstance(ob, Sphere):
+            inside |= np.linalg.norm(o - c, axis=-1) < ob.radius + 0.01
+        else:
+            inside |= (np.abs(o - c) < np.array(ob.half_size) + 0.01).all(-1)
+    o = o[~inside]
+    d = rng.normal(size=o.shape)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    out = trace(scene, o, d)
+    p, ids, n = out["points"].numpy(), out["ids"].numpy(), out["normals"].numpy()
+    assert set(np.unique(ids)) == {0, 1, 2, 3, 4}
+    assert _on_surface(scene, p, ids).max() < 1e-9
+    assert (out["t"].numpy() > 0).all() and ((n * d).sum(-1) < 0).all()
+    for ob in scene.objects:
+        if isinstance(ob, Box):
+            m = ids == ob.instance
+            gap = np.abs(p[m] - np.array(ob.centre)) - np.array(ob.half_size)
+            face = np.argmax(gap, -1)
+            np.testing.assert_allclose(np.abs(n[m][np.arange(m.sum()), face]), 1.0, atol=1e-12)
+            # outward: the normal points from the box centre to the face
+            assert (n[m][np.arange(m.sum()), face] * (p[m] - np.array(ob.centre))[np.arange(m.sum()), face] > 0).all()
+    for i in range(0, len(o), 397):
+        one = trace(scene, torch.from_numpy(o[i]), torch.from_numpy(d[i : i + 1]))
+        assert one["ids"][0] == ids[i] and abs(one["t"][0].item() - out["t"][i].item()) < 1e-12
+    # the segment to each hit point is free (the point is visible from the ray's origin)
+    for i in range(0, len(o), 211):
+        assert visible_from(scene, out["points"][i], center=tuple(o[i])).item()

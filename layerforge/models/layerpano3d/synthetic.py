@@ -267,7 +267,7 @@ def trace(scene: LayeredRoom, origins: ArrayLike, directions: ArrayLike) -> dict
 
     Args:
         scene: the room.
-        origins: [..., 3] ray origins (world metres), inside the room.
+        origins: [..., 3] ray origins (world metres), inside the room; one [3] origin is shared by all rays.
         directions: [..., 3] ray directions (unit; normalised here anyway). Broadcast with origins.
 
     Returns:
