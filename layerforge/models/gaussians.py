@@ -97,10 +97,14 @@ class GsplatPolicy:
         strategy: e.g. ``gsplat.strategy.DefaultStrategy(refine_start_iter=500, refine_every=100,
             grow_grad2d=2e-4)`` (LayerPano3D's densification).
         scene_scale: gsplat's scene scale (metres), which its size thresholds are relative to.
+        first_iteration: the strategy sees ``step + first_iteration``. gsplat's trainer counts from
+            0, so its ``step % reset_every == 0`` clamps every opacity at the very first step; 3DGS
+            (and LayerPano3D) count iterations from 1 and never reset at the start: pass 1 for them.
     """
 
-    def __init__(self, strategy: Any, scene_scale: float = 1.0) -> None:
+    def __init__(self, strategy: Any, scene_scale: float = 1.0, first_iteration: int = 0) -> None:
         self.strategy = strategy
+        self.first_iteration = int(first_iteration)
         self.state = strategy.initialize_state(scene_scale=scene_scale)
         self._checked = False
 
@@ -115,9 +119,10 @@ class GsplatPolicy:
         if not self._checked:  # gsplat's own check: one optimiser per named parameter, the names it needs
             self.strategy.check_sanity(representation.params, dict(optimizers))
             self._checked = True
-        self.strategy.step_pre_backward(representation.params, dict(optimizers), self.state, step, info["gsplat"])
+        self.strategy.step_pre_backward(representation.params, dict(optimizers), self.state,
+                                        step + self.first_iteration, info["gsplat"])
 
     def step_post_backward(self, step: int, representation: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
                            info: dict[str, Any]) -> None:
-        self.strategy.step_post_backward(representation.params, dict(optimizers), self.state, step, info["gsplat"],
-                                         packed=False)
+        self.strategy.step_post_backward(representation.params, dict(optimizers), self.state,
+                                         step + self.first_iteration, info["gsplat"], packed=False)

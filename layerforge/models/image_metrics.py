@@ -44,19 +44,25 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     return g / g.sum()
 
 
-def ssim(pred: Tensor, target: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> float:
-    """Mean SSIM of images [H, W, C] or [B, H, W, C] in [0, 1] (channels averaged).
+def ssim_tensor(pred: Tensor, target: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
+                padding: str = "valid") -> Tensor:
+    """Mean SSIM (a differentiable 0-d tensor) of images [H, W, C] or [B, H, W, C] in [0, 1].
 
-    Only positions where the whole window fits count (``skimage`` crops the same border).
+    ``padding="valid"``: only positions where the whole window fits count (``skimage`` crops the
+    same border; the metric). ``"same"``: every pixel, the window zero-padded at the border (3DGS's
+    ``ssim`` in its D-SSIM loss, ``F.conv2d(..., padding=window // 2)``).
     """
-    x = pred.float().reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2)
-    y = target.float().reshape(-1, *target.shape[-3:]).permute(0, 3, 1, 2)
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    x = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2)
+    y = target.reshape(-1, *target.shape[-3:]).permute(0, 3, 1, 2).to(x.dtype)
     c = x.shape[1]
     g = _gaussian_window(window, sigma, x.dtype, x.device)
     kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+    pad = window // 2 if padding == "same" else 0
 
     def blur(t: Tensor) -> Tensor:
-        return F.conv2d(t, kernel, groups=c)
+        return F.conv2d(t, kernel, groups=c, padding=pad)
 
     mu_x, mu_y = blur(x), blur(y)
     sxx = blur(x * x) - mu_x**2
@@ -64,7 +70,15 @@ def ssim(pred: Tensor, target: Tensor, window: int = SSIM_WINDOW, sigma: float =
     sxy = blur(x * y) - mu_x * mu_y
     c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    return s.mean()
+
+
+def ssim(pred: Tensor, target: Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> float:
+    """Mean SSIM of images [H, W, C] or [B, H, W, C] in [0, 1] (channels averaged).
+
+    Only positions where the whole window fits count (``skimage`` crops the same border).
+    """
+    return float(ssim_tensor(pred.float(), target.float(), window, sigma))
 
 
 def mean_iou(pred: Tensor, target: Tensor, ignore: int = -1) -> float:

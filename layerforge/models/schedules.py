@@ -12,6 +12,7 @@ A three-element list ``[start_val, end_val, end_step]`` is shorthand for start_s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from layerforge.errors import ConfigError
@@ -56,3 +57,20 @@ def schedule_value(value: ScheduleValue, step: int) -> float:
     if isinstance(start_val, int) and isinstance(end_val, int) and not isinstance(start_val, bool):
         return int(out)
     return out
+
+
+class ExponentialDecay:
+    """3DGS's ``get_expon_lr_func`` (no delay): log-linear from ``start`` to ``end`` over ``steps``, then ``end``.
+
+    A :class:`~layerforge.models.optimisation.ParamGroup` ``lr`` (a function of the step).
+    """
+
+    def __init__(self, start: float, end: float, steps: int) -> None:
+        if start <= 0 or end <= 0 or steps < 1:
+            raise ConfigError(f"exponential decay {start} -> {end} over {steps} steps is invalid",
+                              "give positive rates and at least one step")
+        self.start, self.end, self.steps = float(start), float(end), int(steps)
+
+    def __call__(self, step: int) -> float:
+        t = min(max(step / self.steps, 0.0), 1.0)
+        return math.exp(math.log(self.start) * (1.0 - t) + math.log(self.end) * t)

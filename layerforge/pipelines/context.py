@@ -81,6 +81,12 @@ class StageContext:
             return path
         return self.store.path(name, self.stage.name)
 
+    def optional_input(self, name: str) -> Path | None:
+        """Path of a user input this stage declared in ``needs`` and ``optional_inputs``, or None when unset."""
+        if name not in self.stage.optional_inputs:
+            raise RuntimeError(f"stage {self.stage.name} reads '{name}' as optional without declaring it in optional_inputs")
+        return self.inputs.get(name)
+
     def output(self, name: str, suffix: str = "") -> Path:
         """Path where this stage writes artifact ``name`` (a file, or a folder if no suffix)."""
         if name not in self.stage.makes:

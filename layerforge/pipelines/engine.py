@@ -48,6 +48,9 @@ __all__ = ["INPUT", "Decision", "Engine", "Pipeline", "Stage", "StageContext", "
 log = logging.getLogger("layerforge")
 
 
+UNSET_INPUT = "unset"  # the hash of an optional input the user did not set
+
+
 def stage_seed(seed: int, stage: str) -> int:
     """Seed of a stage: a hash of the run seed and the stage name (31 bits)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:4], "little") & 0x7FFFFFFF
@@ -110,19 +113,23 @@ class Engine:
         self.quiet = bool(cfg.get("quiet", False))
         self.store = ArtifactStore(pipeline, run_dir)
         self._input_hashes: dict[str, str] = {}
+        self._optional_inputs = {n for s in pipeline.stages for n in s.optional_inputs}
 
     # ---- hashing -------------------------------------------------------------------
     def config_hash(self, stage: Stage) -> str:
         return config_hash(self.cfg, stage, self.seed)
 
     def input_hash(self, name: str = INPUT) -> str:
-        """SHA-256 of the user's input ``name`` (``input`` or ``input.<name>``).
+        """SHA-256 of the user's input ``name`` (``input`` or ``input.<name>``); ``"unset"`` for an
+        unset optional input (:attr:`Stage.optional_inputs`).
 
         Raises:
             InputError: a stage needs that input and it is not set.
         """
         if name not in self._input_hashes:
             path = self.inputs.get(name)
+            if path is None and name in self._optional_inputs:
+                return UNSET_INPUT
             if path is None:
                 raise InputError(f"this pipeline needs {name}, which is not set", f"pass {name}=PATH")
             self._input_hashes[name] = sha256_path(path)

@@ -310,14 +310,11 @@ def _guidance(cfg: GeometryConfig, device, texture: bool = False):
     """The ControlNet-OpenPose SDS of the geometry (normal + mask latent) or texture stage (RGB)."""
     if not cfg.prior_model:
         return None
-    from omegaconf import OmegaConf
-
-    import layerforge
     from layerforge.models.guidance.controlnet import ControlNetSDSGuidance
+    from layerforge.pipelines.registry import guidance_options
 
-    name = "sd15_controlnet_openpose_texture.yaml" if texture else "sd15_controlnet_openpose.yaml"
-    base = OmegaConf.load(Path(layerforge.__file__).parent / "configs" / "guidance" / name)
-    merged = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.create(dict(cfg.prior))), resolve=True)
+    name = "sd15_controlnet_openpose_texture" if texture else "sd15_controlnet_openpose"
+    merged = guidance_options(name, cfg.prior)
     merged.update({"pretrained_model_name_or_path": cfg.prior_model, "controlnet_name_or_path": cfg.controlnet,
                    "device": str(device)})
     if not texture:

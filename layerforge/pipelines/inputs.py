@@ -22,7 +22,10 @@ BUILTIN = "builtin:"
 BUILTIN_SCENES = {"toy_scene": {"objects": 3, "width": 64, "height": 48, "n_train": 30, "n_test": 6},
                   # gala: a synthetic body in a jacket, posed, with its fit and answers
                   # (layerforge.models.gala.synthetic_scan)
-                  "clothed_scan": {"resolution": 48, "voxel": 0.015}}
+                  "clothed_scan": {"resolution": 48, "voxel": 0.015},
+                  # layerpano3d: an analytic room with objects at two depths, its depth and ids
+                  # (layerforge.models.layerpano3d.synthetic)
+                  "layered_room": {"height": 128, "width": 256, "supersample": 2}}
 
 
 def resolve_inputs(raw: object, out: str | os.PathLike[str]) -> Path | dict[str, Path | None] | None:
@@ -85,6 +88,10 @@ def resolve_builtin(name: str, out: Path) -> Path:
     """The folder of built-in input ``name``, generated on first use."""
     if name not in BUILTIN_SCENES:
         raise InputError(f"input=builtin:{name} is unknown", f"pick one of: {', '.join('builtin:' + n for n in BUILTIN_SCENES)}")
+    if name == "layered_room":
+        from layerforge.models.layerpano3d.synthetic import cached_layered_room
+
+        return cached_layered_room(out / ".cache" / "scenes", **BUILTIN_SCENES[name]).resolve()
     if name == "clothed_scan":
         from layerforge.models.gala.synthetic_scan import cached_clothed_scan
 

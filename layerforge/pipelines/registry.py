@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -103,3 +104,9 @@ def build(cfg: DictConfig) -> Pipeline:
             )
         stages.append(module.STAGES[stage_name])
     return Pipeline(spec.name, tuple(stages))
+
+
+def guidance_options(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``configs/guidance/<name>.yaml`` merged with ``overrides`` (a config section's dict), resolved."""
+    base = OmegaConf.load(CONFIG_DIR / "guidance" / f"{name}.yaml")
+    return OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.create(dict(overrides or {}))), resolve=True)

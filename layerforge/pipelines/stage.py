@@ -35,6 +35,9 @@ class Stage:
         name: unique within the pipeline; also its folder ``stages/<name>/``.
         run: does the work; reads ``ctx.input(...)``, writes ``ctx.output(...)``.
         needs: artifact names it reads (``"input"`` for the user's input).
+        optional_inputs: user inputs among ``needs`` that may be unset (read them with
+            ``ctx.optional_input``; an unset one hashes as ``"unset"``), e.g. layerpano3d's
+            ``input`` when a ``prompt`` generates the panorama instead.
         makes: artifact names it must produce.
         config_keys: config sections (or top-level options) whose values decide its result
             (its config hash); defaults to the section named after the stage.
@@ -46,6 +49,7 @@ class Stage:
     name: str
     run: Callable[[StageContext], None]
     needs: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()
     makes: tuple[str, ...] = ()
     config_keys: tuple[str, ...] | None = None
     schemas: Mapping[str, type] = field(default_factory=dict)

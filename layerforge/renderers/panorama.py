@@ -19,13 +19,16 @@ matters for resampling (the panorama is at infinity around the camera centre).
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from layerforge.renderers.cameras import Camera, generate_rays, intrinsics_from_fov, look_at, project
+
+if TYPE_CHECKING:
+    from layerforge.assets.types import Mesh
 
 __all__ = [
     "equirect_directions",
@@ -35,6 +38,7 @@ __all__ = [
     "equirect_to_perspective",
     "perspective_to_equirect",
     "equirect_rgbd_to_points",
+    "equirect_rgbd_to_mesh",
 ]
 
 Interp = Literal["bilinear", "nearest"]
@@ -212,3 +216,64 @@ def equirect_rgbd_to_points(
     c = torch.as_tensor(center, dtype=dep.dtype, device=dep.device).reshape(1, 3)
     pts = dirs[keep] * dep[keep][:, None] + c
     return pts, rgb[keep]
+
+
+def equirect_rgbd_to_mesh(
+    rgb: Tensor,
+    depth: Tensor,
+    *,
+    mask: Tensor | None = None,
+    stride: int = 1,
+    max_stretch: float = 0.1,
+    center: Sequence[float] | Tensor = (0.0, 0.0, 0.0),
+) -> Mesh:
+    """A vertex-coloured triangle mesh of an equirectangular RGB-D panorama, facing its centre.
+
+    One vertex per ``stride``-th pixel centre in each direction (columns wrap round the seam),
+    two triangles per grid cell. A triangle is kept when its three pixels are in ``mask`` with a
+    valid depth and its depths differ by at most ``max_stretch`` (relative: ``max / min - 1``),
+    so depth discontinuities (an object's silhouette against the wall) are cut, not bridged.
+    Triangles wind counter-clockwise seen from ``center`` (their normals face the viewer inside).
+
+    Args:
+        rgb: [H, W, 3] linear colours in [0, 1] (the vertex colours).
+        depth: [H, W] radial distance, metres.
+        mask: optional [H, W] bool of the pixels to mesh.
+        stride: pixel step between vertices.
+        max_stretch: relative depth spread above which a triangle is cut.
+        center: [3] the panorama centre, world metres.
+
+    Returns:
+        A :class:`~layerforge.assets.types.Mesh` (unused vertices dropped), world metres.
+    """
+    from layerforge.assets.types import Mesh
+
+    H, W = depth.shape[:2]
+    rows = torch.arange(0, H, stride)
+    cols = torch.arange(0, W, stride)
+    d = depth.reshape(H, W).double()[rows][:, cols]
+    ok = torch.isfinite(d) & (d > 0)
+    if mask is not None:
+        ok = ok & mask.reshape(H, W).bool()[rows][:, cols]
+    dirs = equirect_directions(H, W, dtype=torch.float64)[rows][:, cols]
+    c = torch.as_tensor(center, dtype=torch.float64).reshape(1, 1, 3)
+    pts = dirs * torch.where(ok, d, torch.ones_like(d))[..., None] + c
+    h, w = d.shape
+    idx = torch.arange(h * w).reshape(h, w)
+    a, b = idx[:-1], idx[:-1].roll(-1, dims=1)  # (i, j), (i, j + 1), wrapping round the seam
+    cc, dd = idx[1:], idx[1:].roll(-1, dims=1)
+    tris = torch.cat([torch.stack([a, cc, b], -1).reshape(-1, 3), torch.stack([b, cc, dd], -1).reshape(-1, 3)])
+    if w < 3:
+        tris = tris[:0]
+    flat_ok, flat_d, flat_p = ok.reshape(-1), d.reshape(-1), pts.reshape(-1, 3)
+    keep = flat_ok[tris].all(1)
+    td = torch.where(flat_ok, flat_d, torch.ones_like(flat_d))[tris]
+    keep &= td.max(1).values / td.min(1).values.clamp_min(1e-12) - 1.0 <= max_stretch
+    tris = tris[keep]
+    p0, p1, p2 = flat_p[tris[:, 0]], flat_p[tris[:, 1]], flat_p[tris[:, 2]]
+    normal = torch.cross(p1 - p0, p2 - p0, dim=-1)
+    away = (normal * ((p0 + p1 + p2) / 3 - c.reshape(1, 3))).sum(-1) > 0  # facing away from the centre
+    tris = torch.where(away[:, None], tris[:, [0, 2, 1]], tris)
+    used, inverse = torch.unique(tris.reshape(-1), return_inverse=True)
+    colours = rgb.reshape(H, W, -1)[rows][:, cols].reshape(-1, rgb.shape[-1])[used, :3]
+    return Mesh(flat_p[used].float().numpy(), inverse.reshape(-1, 3).numpy(), colors=colours.float().clamp(0, 1).numpy())
