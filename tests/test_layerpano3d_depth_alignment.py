@@ -35,11 +35,11 @@ BOX = ((-2.0, 3.0), (-2.5, 1.8), (-1.5, 1.2))
 BALL_C, BALL_R = (2.0, 0.6, 0.1), 0.55
 
 
-def scene_depth(dirs: torch.Tensor) -> torch.Tensor:
+def scene_depth(dirs: torch.Tensor, box=BOX) -> torch.Tensor:
     """Radial distance [...] along unit dirs [..., 3] from the origin to the box walls or the ball."""
     d = dirs.double()
     t = torch.full(d.shape[:-1], float("inf"), dtype=torch.float64)
-    for axis, (lo, hi) in enumerate(BOX):
+    for axis, (lo, hi) in enumerate(box):
         comp = d[..., axis]
         for plane in (lo, hi):
             hit = plane / torch.where(comp.abs() > 1e-12, comp, torch.full_like(comp, 1e-12))
@@ -51,12 +51,12 @@ def scene_depth(dirs: torch.Tensor) -> torch.Tensor:
     return torch.where((disc > 0) & (t_ball > 0), torch.minimum(t, t_ball), t)
 
 
-def view_truth(cams) -> tuple[torch.Tensor, torch.Tensor]:
+def view_truth(cams, box=BOX) -> tuple[torch.Tensor, torch.Tensor]:
     """True camera z [B, h, w] at every view pixel centre and the views' forward axes [B, 3]."""
     _, dirs = generate_rays(cams.to(dtype=torch.float64))
     fwd = cams.to(dtype=torch.float64).camera_to_world[:, :3, 2]
     cos = torch.einsum("bhwi,bi->bhw", dirs, fwd)
-    return scene_depth(dirs) * cos, fwd
+    return scene_depth(dirs, box) * cos, fwd
 
 
 def random_affines(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,6 +169,36 @@ def test_align_views_recovers_the_per_view_affines(ico, kind):
     scale_err, shift_err = affine_errors(noisy, a, b, z, kind)
     assert scale_err < 2e-2 and shift_err < 2e-2, (scale_err, shift_err)
     assert noisy.rms > al.rms
+
+
+def test_plain_least_squares_is_biased_by_noise_and_the_eigen_solve_is_not(ico):
+    # pinning s_0 = 1 in a plain least squares pulls the other scales low under noise (errors
+    # in variables); the default relative-noise solve does not
+    cams, z, _ = ico
+    a, b = random_affines(len(cams), seed=3)
+    p = predictions(z, a, b, "inverse_depth", noise=0.01)
+    plain = affine_errors(align_views(p, cams, H, W, noise_model="none"), a, b, z, "inverse_depth")
+    eigen = affine_errors(align_views(p, cams, H, W), a, b, z, "inverse_depth")
+    assert plain[0] > 2 * eigen[0] and plain[0] > 1e-2, (plain, eigen)
+    # without noise both are exact
+    exact = predictions(z, a, b, "inverse_depth")
+    assert max(affine_errors(align_views(exact, cams, H, W, noise_model="none"), a, b, z, "inverse_depth")) < 1e-3
+
+
+def test_cubemap_views_align_unless_the_up_down_views_see_only_floor_or_ceiling():
+    cams = tangent_cameras("cubemap", S).to(dtype=torch.float64)
+    a, b = random_affines(6, seed=9)
+    # in the big room the +Z view's 10 deg overlap bands (40-50 deg from the zenith) see only the
+    # flat ceiling (and the -Z view's almost only the floor): its prediction is constant there
+    # and its scale and shift trade off exactly
+    z, _ = view_truth(cams)
+    with pytest.raises(InputError, match="view [45]'s scale and shift"):
+        align_views(predictions(z, a, b, "inverse_depth"), cams, H, W)
+    # walls within 1.2-1.4 m reach into those bands: the cube aligns exactly
+    small = ((-1.2, 1.4), (-1.1, 1.3), (-1.5, 1.2))
+    z, _ = view_truth(cams, small)
+    al = align_views(predictions(z, a, b, "inverse_depth"), cams, H, W)
+    assert max(affine_errors(al, a, b, z, "inverse_depth")) < 1e-3
 
 
 @pytest.mark.parametrize("kind", ["inverse_depth", "depth"])
