@@ -258,7 +258,28 @@ def _sample_views(pred: Tensor, ok: Tensor, cameras: Camera, height: int, width:
     u, v = uv.unbind(-1)
     interior = (u >= 0.5) & (u <= w - 0.5) & (v >= 0.5) & (v <= h - 0.5)
     usable = inside & interior & (okf > 1.0 - 1e-9)
-    return torch.where(usable, vals, torch.zeros_like(vals)), usable, cos, edge
+    return torch.where(usable, vals, torch.zeros_like(vals)), usable, cos, edge, uv
+
+
+def _sharpen_edges(img: Tensor, uv: Tensor, vals: Tensor, usable: Tensor, jump: float) -> Tensor:
+    """Bilinear samples ``vals`` [B, N] of images ``img`` [B, h, w] at ``uv`` [B, N, 2] replaced by
+    the nearest pixel where the four taps differ by more than ``jump`` (relative): a depth
+    edge, where a bilinear mix would be a point floating between the two surfaces."""
+    _, h, w = img.shape
+    mx = F.max_pool2d(img[:, None], 2, stride=1)[:, 0].flatten(1)  # [B, (h-1)(w-1)] 2x2 windows
+    mn = -F.max_pool2d(-img[:, None], 2, stride=1)[:, 0].flatten(1)
+    j0 = torch.floor(uv[..., 0] - 0.5).clamp(0, w - 2).long()
+    i0 = torch.floor(uv[..., 1] - 0.5).clamp(0, h - 2).long()
+    idx = i0 * (w - 1) + j0
+    hi, lo = mx.gather(1, idx), mn.gather(1, idx)
+    spread = (hi - lo) / torch.maximum(hi.abs(), lo.abs()).clamp_min(1e-300)
+    edge = usable & (spread > jump)
+    if not bool(edge.any()):
+        return vals
+    jn = torch.floor(uv[..., 0]).clamp(0, w - 1).long()
+    in_ = torch.floor(uv[..., 1]).clamp(0, h - 1).long()
+    nearest = img.flatten(1).gather(1, in_ * w + jn)
+    return torch.where(edge, nearest, vals)
 
 
 def _gain(cos: Tensor, prediction: str) -> Tensor:
@@ -341,7 +362,7 @@ def align_views(
     if B < 2:
         raise InputError(f"align_views needs >= 2 overlapping views, got {B}", "use tangent_cameras(...) views")
     pred, ok = _check_predictions(predictions, cameras, valid)
-    vals, usable, cos, _ = _sample_views(pred, ok, cameras, height, width)
+    vals, usable, cos, _, _ = _sample_views(pred, ok, cameras, height, width)
     g = _gain(cos, prediction)
     coef_s, coef_t = (g * vals).cpu(), g.cpu()
     usable = usable.cpu()
@@ -481,6 +502,7 @@ def blend_views(
     *,
     prediction: Prediction = "inverse_depth",
     feather: float = 1.0,
+    edge_jump: float | None = 0.1,
     valid: Tensor | None = None,
 ) -> Tensor:
     """Radial depth panorama from the aligned views.
@@ -500,6 +522,9 @@ def blend_views(
         height, width: panorama size, pixels.
         prediction: "inverse_depth" or "depth", as for the alignment.
         feather: exponent of the border fall-off (0: plain average of the views).
+        edge_jump: where a view's four bilinear taps (aligned) differ by more than this fraction
+            (a depth edge), that view is sampled at its nearest pixel instead, so silhouettes stay
+            sharp rather than blending into points between the surfaces; None: always bilinear.
         valid: optional [B, h, w] bool, False for pixels to ignore.
 
     Returns:
@@ -513,8 +538,11 @@ def blend_views(
     if s.shape != (B,) or t.shape != (B,):
         raise InputError(f"alignment has {s.numel()} scales / {t.numel()} shifts for {B} views",
                          "pass the Alignment of the same views")
-    vals, usable, cos, edge = _sample_views(pred, ok, cameras, height, width)
-    q = _gain(cos, prediction) * (s[:, None] * vals + t[:, None])
+    aligned = torch.where(ok, s[:, None, None] * pred + t[:, None, None], torch.zeros_like(pred))
+    vals, usable, cos, edge, uv = _sample_views(aligned, ok, cameras, height, width)
+    if edge_jump is not None:
+        vals = _sharpen_edges(aligned, uv, vals, usable, float(edge_jump))
+    q = _gain(cos, prediction) * vals
     w = torch.where(usable, edge.clamp_min(1e-12) ** float(feather), torch.zeros_like(edge))
     den = w.sum(0)
     blended = torch.where(den > 0, (w * q).sum(0) / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
