@@ -248,3 +248,19 @@ def test_instances_from_depth_flat_and_invalid():
     d = torch.full((16, 32), 2.0)
     d[:, 3] = float("nan")
     assert int(instances_from_depth(d).abs().sum()) == 0
+
+
+def test_close_layers_merge_into_one_band():
+    """k = min(3, n) splits two depth bands of 4 objects into 3 layers; the ratio rule joins the split band."""
+    from layerforge.models.layerpano3d.layering import kmeans_1d, merge_close_layers
+
+    depths = [1.08, 1.31, 2.33, 2.73]  # instance depths of builtin:layered_room (two bands)
+    labels, _ = kmeans_1d(depths, 3)
+    assert len(set(labels.tolist())) == 3
+    merged, centres = merge_close_layers(labels, depths, 1.3)
+    assert merged.tolist() == [0, 0, 1, 1]
+    assert torch.allclose(centres, torch.tensor([1.195, 2.53], dtype=torch.float64))
+    same, _ = merge_close_layers(labels, depths, 1.0)  # 1.0: the paper's rule, nothing merged
+    assert same.tolist() == labels.tolist()
+    far, _ = merge_close_layers(torch.tensor([0, 1, 2]), [1.0, 2.0, 4.0], 1.3)
+    assert far.tolist() == [0, 1, 2]

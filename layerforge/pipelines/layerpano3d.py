@@ -297,7 +297,8 @@ def layering(ctx: StageContext) -> None:
         source = "depth discontinuities"
     if cfg.max_layers == 0:
         ids = torch.zeros_like(ids)
-    assignment = lay.assign_layers(ids, d, max_layers=max(cfg.max_layers, 1), min_pixels=cfg.min_pixels)
+    assignment = lay.assign_layers(ids, d, max_layers=max(cfg.max_layers, 1), min_pixels=cfg.min_pixels,
+                                   min_ratio=cfg.min_ratio, percentile=cfg.percentile)
     masks = assignment.masks.bool()
     ctx.save("layers", {"ids": ids.numpy().astype(np.int64), "masks": masks.numpy()})
     summary = {"source": source, "labels": labels, "layers": int(masks.shape[0]),

@@ -53,12 +53,14 @@ class LayeringSection:
     segmenter: str | None = None  # a transformers panoptic segmentation folder; null: depth discontinuities
     max_layers: int = 3  # LayerPano3D: k = min(3, #instances); 0: one layer, no completion (the baseline)
     percentile: float = 25.0  # LayerPano3D: instance depth = mean of the values above this percentile
+    min_ratio: float = 1.3  # ours: adjacent layers whose depths differ by less than 1.3x are merged (1: the paper's k)
     jump: float = 0.08  # ours, depth-discontinuity instances: relative depth jump that separates surfaces
     min_fraction: float = 0.002  # ours: smaller components are noise
     min_pixels: int = 16  # ours: instances smaller than this are ignored
 
     def __post_init__(self) -> None:
         at_least("layering.max_layers", self.max_layers, 0)
+        require(self.min_ratio >= 1.0, "layering.min_ratio", self.min_ratio, "a ratio >= 1 (1: never merge)")
         require(0.0 <= self.percentile < 100.0, "layering.percentile", self.percentile, "a number in [0, 100)")
         positive("layering.jump", self.jump)
         at_least("layering.min_pixels", self.min_pixels, 1)

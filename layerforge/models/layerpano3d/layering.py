@@ -198,12 +198,40 @@ class LayerAssignment:
         return int(self.masks.shape[0])
 
 
-def assign_layers(ids: Tensor, depth: Tensor, *, max_layers: int = MAX_LAYERS, min_pixels: int = 1) -> LayerAssignment:
+def merge_close_layers(labels: Tensor, values: Sequence[float], min_ratio: float) -> tuple[Tensor, Tensor]:
+    """Merge adjacent clusters (labels ascending with depth) whose centres are less than ``min_ratio`` apart.
+
+    ``k = min(3, #instances)`` always spends 3 layers on 3 or more instances, so 4 objects at two
+    depths (1.1, 1.3, 2.3, 2.7 m) become 3 layers, one band split in two. A layer only pays for
+    itself when it hides something from the layer behind it; two clusters whose centres differ
+    by less than ``min_ratio`` (far / near) are one depth band. Returns (labels, centres) after merging,
+    labels renumbered 0.. near to far.
+    """
+    vals = torch.as_tensor(list(values), dtype=torch.float64)
+    labels = labels.clone()
+    while True:
+        ks = sorted(set(labels.tolist()))
+        centres = [float(vals[labels == k].mean()) for k in ks]
+        close = [j for j in range(len(ks) - 1) if centres[j + 1] < min_ratio * centres[j]]
+        if not close:
+            break
+        j = min(close, key=lambda j: centres[j + 1] / centres[j])
+        labels[labels == ks[j + 1]] = ks[j]
+    remap = {k: n for n, k in enumerate(sorted(set(labels.tolist())))}
+    labels = torch.tensor([remap[int(v)] for v in labels.tolist()], dtype=torch.int64)
+    centres_t = torch.tensor([float(vals[labels == k].mean()) for k in range(len(remap))], dtype=torch.float64)
+    return labels, centres_t
+
+
+def assign_layers(ids: Tensor, depth: Tensor, *, max_layers: int = MAX_LAYERS, min_pixels: int = 1,
+                  min_ratio: float = 1.0, percentile: float = INSTANCE_PERCENTILE) -> LayerAssignment:
     """Group the instances of an id map into at most ``max_layers`` depth layers.
 
     Every non-zero id with at least ``min_pixels`` pixels of valid depth is an instance; its
     depth is :func:`instance_depth`; the depths are clustered by :func:`kmeans_1d` with
-    ``k = min(max_layers, #instances)`` (fewer layers when fewer distinct depths).
+    ``k = min(max_layers, #instances)`` (fewer layers when fewer distinct depths), then adjacent
+    layers whose centres are less than ``min_ratio`` apart are merged (:func:`merge_close_layers`;
+    1.0 merges nothing: the paper's rule).
 
     Args:
         ids: [H, W] integer instance ids, 0 = stuff / background.
@@ -227,10 +255,12 @@ def assign_layers(ids: Tensor, depth: Tensor, *, max_layers: int = MAX_LAYERS, m
         if int((m & valid).sum()) < max(min_pixels, 1):
             continue
         instances.append(int(i))
-        depths.append(instance_depth(depth, m))
+        depths.append(instance_depth(depth, m, percentile))
     if not instances:
         return LayerAssignment([], [], {}, [], torch.zeros(0, H, W, dtype=torch.bool, device=ids.device))
     labels, centres = kmeans_1d(depths, min(max_layers, len(instances)))
+    if min_ratio > 1.0:
+        labels, centres = merge_close_layers(labels, depths, min_ratio)
     layer_of = {i: int(lab) for i, lab in zip(instances, labels.tolist())}
     masks = torch.zeros(len(centres), H, W, dtype=torch.bool, device=ids.device)
     for i, lab in layer_of.items():
