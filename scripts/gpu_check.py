@@ -47,13 +47,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SECTION_RE = re.compile(r"^## GPU rows \((?P<device>.+), (?P<date>\d{4}-\d{2}-\d{2})\)[ \t]*$")
 STEP_NAMES = ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance", "bench-decomp-nerf",
-              "bench-dp-recon", "bench-gala")
+              "bench-dp-recon", "bench-gala", "bench-layerpano3d")
 WHEEL_BUDGET_MIB = 48  # the tree carried to a GPU machine is capped at 64 MiB in all
 
 # (module[:names it must provide], what needs it, the GPU steps that cannot run without it)
 DEPENDENCIES: list[tuple[str, str, tuple[str, ...]]] = [
     ("torch", "everything", ("build-rasterizer", "build-gsplat", "tests", "bench-renderers", "bench-guidance",
-                             "bench-decomp-nerf", "bench-dp-recon", "bench-gala")),
+                             "bench-decomp-nerf", "bench-dp-recon", "bench-gala", "bench-layerpano3d")),
     ("numpy", "diffusers, gsplat, tests", ()),
     ("pytest", "the GPU tests", ("tests",)),
     ("pytest_timeout", "pyproject's --timeout option (dropped when missing)", ()),
@@ -620,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
               ("bench-guidance", "Guidance (`benchmarks/guidance.py`)"),
               ("bench-decomp-nerf", "UDC-NeRF training step and time to PSNR (`benchmarks/decomp_nerf.py`)"),
               ("bench-dp-recon", "DP-Recon recon / SDS / texture steps (`benchmarks/dp_recon.py`)"),
-              ("bench-gala", "GALA geometry step (`benchmarks/gala.py`)")]
+              ("bench-gala", "GALA geometry step (`benchmarks/gala.py`)"),
+              ("bench-layerpano3d", "LayerPano3D per-layer Gaussian optimisation (`benchmarks/layerpano3d.py`)")]
     log_dir = args.log_dir
 
     def record() -> None:
@@ -695,6 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_l = Step("bench-gala", "benchmark: GALA", lgargv, 420, skip_reason("bench-gala")
                    or (None if (gala / "init_samples.npz").is_file() else f"{gala} missing (make gpu-wheels)"))
     results += run_steps([bench_l], env, log_dir, deadline)
+    record()
+    # the 5-min gaussians-stage target; the synthetic room is ray cast on the fly (no data folder)
+    l3argv = [py, "benchmarks/layerpano3d.py", "--device", "cuda"]
+    if "build-gsplat" in broken:
+        l3argv += ["--no-gsplat"]  # the torch-reference rows only: the gsplat rows would rebuild and fail again
+    bench_3 = Step("bench-layerpano3d", "benchmark: LayerPano3D", l3argv, 300, skip_reason("bench-layerpano3d"))
+    results += run_steps([bench_3], env, log_dir, deadline)
     record()
 
     section = build_section(dev["name"], date, context, results, tables)
