@@ -215,3 +215,14 @@ def test_inpaint_panorama_across_the_seam():
     err_direct = (direct[hole] - rgb[hole]).abs().mean().item()
     assert err_wrapped < 0.7 * err_direct
     assert torch.equal(inpaint_panorama(inp, rgb, torch.zeros_like(hole)), rgb)
+
+
+def test_a_hole_hiding_a_whole_wall_stays_within_reach_of_its_ring():
+    """A hole over the entire +X wall: the other four planes' max runs off towards infinity there
+    (85 m where the wall is 3.5 m, before the rule); the fill must stay near the ring's depths."""
+    hole = DIRS[..., 0] > 0.7  # the whole +X wall (x = 3.5) lies within it: no ring pixel sees that wall
+    assert (np.abs(ROOM * DIRS[..., 0] - ROOM_HI[0]) > 1e-6)[~hole].all()
+    out, rel = _complete(ROOM, hole)
+    ring = dilate_mask(torch.from_numpy(hole), 4).numpy() & ~hole
+    assert float(out[torch.from_numpy(hole)].max()) <= 1.5 * float(ROOM[ring].max())
+    assert rel.max() < 0.6 and np.isfinite(rel).all()

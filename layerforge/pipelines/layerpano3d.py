@@ -10,9 +10,9 @@
     layering   -> instances (given ids, a panoptic segmenter with "stuff" dropped, or depth
                   discontinuities), instance depth = mean above its 25th percentile, exact 1-D
                   k-means with k = min(3, #instances), layers near to far in metric depth
-    completion -> nearest layer first: its dilated mask inpainted (diffusion or OpenCV) and the
-                  depth behind it completed from the outer layer (planes + harmonic), giving one
-                  completed panorama per layer, the last the background alone
+    completion -> nearest layer first: the dilated masks of the layers removed so far inpainted
+                  (diffusion or OpenCV) and the depth behind them completed from the outer layers
+                  (planes + harmonic), one completed panorama per layer, the last the background
     gaussians  -> far to near, one set of 3D Gaussians per layer, initialised where that layer
                   reveals content, trained on 24 views of its completed panorama with the earlier
                   sets frozen (0.8 L1 + 0.2 D-SSIM, SH 3, 3DGS rates and densification)
@@ -336,17 +336,23 @@ def completion(ctx: StageContext) -> None:
     H, W = d.shape
     inpainter = _inpainter(cfg)
     radius = comp.scaled_radius(cfg.mask_dilation_px, W)
-    # P^(0) is the panorama; P^(k+1) is P^(k) with depth layer k (the nearest left) removed.
+    # P^(0) is the panorama; P^(k+1) is the panorama with depth layers 0..k (the nearest k + 1) removed:
+    # the union of their dilated masks filled from what is left around it. Filling from the panorama
+    # each time (not from P^(k)) keeps an earlier fill's guesses out of the later rings, so the
+    # background behind everything is completed from the background alone.
     rgbs, depths, holes = [rgb], [d], []
+    removed = torch.zeros(H, W, dtype=torch.bool)
+    union = torch.zeros(H, W, dtype=torch.bool)
     for k in ctx.progress(range(K), total=K, desc="completion"):
-        hole = comp.dilate_mask(masks[k], radius)
-        behind = torch.where(masks[k], depths[-1], torch.zeros_like(depths[-1]))
-        filled_rgb = comp.inpaint_panorama(inpainter, rgbs[-1], hole, prompt=cfg.prompt or None)
-        filled_d = comp.complete_depth(depths[-1], hole, behind=behind, ring_px=cfg.ring_px, max_planes=cfg.max_planes,
+        removed |= masks[k]
+        union |= comp.dilate_mask(masks[k], radius)
+        behind = torch.where(removed, d, torch.zeros_like(d))
+        filled_rgb = comp.inpaint_panorama(inpainter, rgb, union, prompt=cfg.prompt or None)
+        filled_d = comp.complete_depth(d, union, behind=behind, ring_px=cfg.ring_px, max_planes=cfg.max_planes,
                                        seed=ctx.seed + k)
         rgbs.append(filled_rgb.float())
         depths.append(filled_d.float())
-        holes.append(hole)
+        holes.append(union.clone())
         atomic_write_bytes(ctx.preview_path(f"behind_layer_{k:02d}.png"), texture_to_png(filled_rgb.numpy(), srgb=True))
     ctx.save("completed", {"rgb": torch.stack(rgbs).numpy(), "depth": torch.stack(depths).numpy(),
                            "holes": (torch.stack(holes) if holes else torch.zeros(0, H, W, dtype=torch.bool)).numpy()})
@@ -366,7 +372,8 @@ def training_panoramas(completed: dict) -> list[tuple[np.ndarray, np.ndarray, np
 
     Gaussian layer 0 is the background (every depth layer removed, every pixel revealed); layer
     t >= 1 is the panorama with depth layers ``< K - t`` removed, revealing depth layer ``K - t``
-    inside the hole that layer's removal left (its dilated mask).
+    and what it hides inside the hole its removal left (the union of the dilated masks of depth
+    layers ``0..K - t``: everywhere it differs from the panorama behind it).
     """
     rgb, dep, holes = completed["rgb"], completed["depth"], completed["holes"]
     K = len(holes)

@@ -76,7 +76,7 @@ class CompletionSection:
     prefill: bool = True  # LayerPano3D: classical pre-fill, then diffusion
     mask_dilation_px: int = 50  # LayerPano3D, at 1440 px wide (scaled with the width)
     ring_px: int = 4  # ours: the outer-layer ring the depth completion fits
-    max_planes: int = 3  # ours: planes of the far surface (a room corner has 3)
+    max_planes: int = 4  # ours: planes round one hole (two walls, floor and ceiling)
 
     def __post_init__(self) -> None:
         require(0.0 < self.strength <= 1.0, "completion.strength", self.strength, "a number in (0, 1]")

@@ -35,6 +35,11 @@ _WELL_EXPLAINED = 0.95  # below this share the plane fill is checked against the
 _MAX_DISAGREEMENT = 1.5  # ... and dropped if they differ by more than this factor anywhere
 _FRONTMOST = 0.9  # a plane must be the max of the planes on this share of its own inliers
 _MAX_DEPTH_RATIO = 20.0  # a filled depth is at most this many times the farthest ring depth
+# A plane fill reaching farther than this times the hole's farthest ring depth extrapolates planes
+# into a surface the ring never saw (a hole hiding a whole wall: the other walls' max runs off to
+# infinity there); the smooth fill is used for that hole instead. A hidden box corner is at most
+# ~1.3x farther than the ring around it, so 1.5 leaves real corners to the planes.
+_MAX_BEYOND_RING = 1.5
 
 
 def _np_bool(mask: Tensor) -> np.ndarray:
@@ -239,6 +244,10 @@ def _fill_component(comp: np.ndarray, ring: np.ndarray, inv: np.ndarray, valid: 
         residual = np.where(known, inv - pred, 0.0)
         fill = pred[hi, hj] + _harmonic(residual, known, comp)
         fill[~usable[hi, hj]] = np.nan
+        farthest_ring = 1.0 / inv[ring].min()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if np.nanmax(np.where(fill > 0, 1.0 / fill, np.inf)) > _MAX_BEYOND_RING * farthest_ring:
+                fill[:] = np.nan
     if np.isnan(fill).any() or (planes and explained < _WELL_EXPLAINED):
         plain = _harmonic(inv, valid, comp)
         if planes and explained < _WELL_EXPLAINED:
@@ -271,8 +280,9 @@ def complete_depth(depth: Tensor, hole: Tensor, *, behind: Tensor | None = None,
     they predict no positive 1/d, the harmonic fill of 1/d alone is used; so it is when the
     planes leave more than 5 % of the ring unexplained and their fill differs from the harmonic
     one by more than a factor 1.5 somewhere (a surface missing from the fit, e.g. a fourth wall
-    beyond ``max_planes``: its extrapolation would be far off). Filled depths are capped at 20x
-    the farthest ring depth.
+    beyond ``max_planes``: its extrapolation would be far off), and when the plane fill reaches
+    farther than 1.5x the hole's farthest ring depth (a hole that hides a whole wall: the planes
+    that remain never meet there). Filled depths are capped at 20x the farthest ring depth.
 
     (Half the ring, not the ~20 % first planned: a single tangent plane explains 25-38 % of
     the ring of a smooth curved surface within 1 %, and extrapolating it gave 10 % errors where
