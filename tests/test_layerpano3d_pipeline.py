@@ -181,7 +181,10 @@ def test_frozen_layers_stay_bit_identical_while_a_later_layer_trains(tmp_path):
     """Layer 1 trains (and densifies) with layer 0 frozen: layer 0 is untouched, layer 1 moves."""
     from engine_toy import run_one_stage
 
-    from layerforge.models.layerpano3d.gaussians import init_layer_gaussians, layer_state
+    from layerforge.models.layerpano3d.gaussians import (
+        init_layer_gaussians,
+        layer_state,
+    )
     from layerforge.pipelines.layerpano3d import _train_layer
     from layerforge.pipelines.layerpano3d_config import GaussiansSection
     from layerforge.renderers.panorama import equirect_directions

@@ -520,7 +520,7 @@ def export(ctx: StageContext) -> None:
     SceneFrame().save(staged / SCENE_FRAME_FILE)
     metrics = _walkthrough(ctx, models, gcfg, cfg, staged)
     metrics.update(gaussians={_layer_name(t, K): len(m) for t, m in enumerate(models)},
-                   layers=K, mesh_faces={p.name: int(len(p.geometry.faces)) for p in meshes})
+                   layers=K, mesh_faces={p.name: len(p.geometry.faces) for p in meshes})
     metrics["training_psnr"] = _training_psnr(models, completed, gcfg)
     atomic_write_json(staged / "metrics.json", metrics)
     ctx.publish(staged)

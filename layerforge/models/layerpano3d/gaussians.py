@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,7 +32,11 @@ from layerforge.renderers.camera_set import CameraSet
 from layerforge.renderers.cameras import Camera
 from layerforge.renderers.gaussians import render_gaussians
 from layerforge.renderers.output import RenderOutput
-from layerforge.renderers.panorama import equirect_directions, equirect_to_perspective, pano_cameras
+from layerforge.renderers.panorama import (
+    equirect_directions,
+    equirect_to_perspective,
+    pano_cameras,
+)
 
 # LayerPano3D's training views (gen_traindata.py): yaw every 45 deg x pitch -45 / 0 / 45, FoV 90.
 TRAIN_YAW_STEP_DEG = 45.0
@@ -70,7 +74,7 @@ def sphere_thinning(height: int, width: int, stride: int) -> Tensor:
     keep = torch.zeros(height, width, dtype=torch.bool)
     lat = (0.5 - (torch.arange(height, dtype=torch.float64) + 0.5) / height) * math.pi
     for i in range(0, height, stride):
-        step = max(1, int(round(stride / max(math.cos(float(lat[i])), 1e-6))))
+        step = max(1, round(stride / max(math.cos(float(lat[i])), 1e-6)))
         keep[i, ::min(step, width)] = True
     return keep
 
@@ -203,7 +207,7 @@ class PhotometricLoss(PaperTerm):
     """
 
     key = "rgb"
-    paper_weights = {"rgb": 1.0}
+    paper_weights: ClassVar[dict[str, float]] = {"rgb": 1.0}
 
     def __init__(self, frozen: FrozenGaussians, *, lambda_dssim: float, max_sh_degree: int, sh_every: int,
                  background: Sequence[float] = WHITE, backend: str = "auto", weight: float | None = None) -> None:
