@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/decomp_nerf.py
 	$(PY) benchmarks/dp_recon.py --quick
 	$(PY) benchmarks/gala.py --quick
+	$(PY) benchmarks/layerpano3d.py --quick
 
 # Regenerate the lock from requirements/base.in in a scratch venv.
 lock:
