@@ -264,3 +264,15 @@ def test_close_layers_merge_into_one_band():
     assert same.tolist() == labels.tolist()
     far, _ = merge_close_layers(torch.tensor([0, 1, 2]), [1.0, 2.0, 4.0], 1.3)
     assert far.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("height", [16, 32, 128])
+def test_a_room_without_objects_has_no_instances_at_any_resolution(height):
+    """A floor seen near the horizon changes depth by far more than ``jump`` per row at coarse sizes
+    (17 % at 32 rows); it continues its own slope, so it is shell, not a pile of instances (the
+    log-depth rule alone made 9 'instances' of the empty room prior at 32 x 64)."""
+    from layerforge.models.layerpano3d.depth_alignment import room_prior_depth
+    from layerforge.models.layerpano3d.layering import instances_from_depth
+
+    d = room_prior_depth(height, 2 * height, camera_height_m=1.6, ceiling_height_m=2.8, wall_distance_m=3.0)
+    assert int(instances_from_depth(d).max()) == 0

@@ -259,3 +259,47 @@ def test_a_prompt_runs_every_model_stage_through_the_real_loaders(out, tiny_mode
     assert json.loads((run / "stages" / "depth" / "depth.json").read_text())["source"] == "estimated"
     assert json.loads((run / "stages" / "layering" / "layers.json").read_text())["source"] == "segmenter"
     assert (run / "export" / "scene.ply").is_file()
+    bad = run_cli("run", "layerpano3d", f"out={out}", "run=prompt_bad", *SMOKE, "input=null", 'prompt="a room"',
+                  f"panorama.model={sd.sd}", "panorama.height=64", "panorama.width=120")
+    assert bad.returncode == 2 and "not a multiple of 64" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_real_hdri_from_blender_runs_with_the_classical_defaults(out):
+    """Blender's CC0 interior HDRI (1024 x 512 EXR, linear radiance), no depth, no ids, no models:
+    read and downsampled, the room prior for depth, depth-discontinuity instances (none on the prior),
+    one Gaussian layer, deliverables in the panorama frame."""
+    import bpy
+
+    exr = Path(bpy.utils.resource_path("LOCAL")) / "datafiles" / "studiolights" / "world" / "interior.exr"
+    assert exr.is_file(), exr
+    proc = run_cli("run", "layerpano3d", f"out={out}", "run=hdri", *SMOKE, f"input={exr}", "panorama.max_height=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "layerpano3d" / "hdri"
+    pano = json.loads((run / "stages" / "panorama" / "panorama.json").read_text())
+    assert (pano["height"], pano["width"]) == (32, 64) and not pano["depth_given"]
+    rgb = np.load(run / "stages" / "panorama" / "panorama.npz")["rgb"]
+    assert rgb.min() >= 0 and rgb.max() <= 1 and rgb.std() > 0.02  # real content, in range
+    assert json.loads((run / "stages" / "depth" / "depth.json").read_text())["source"] == "room prior"
+    metrics = json.loads((run / "export" / "metrics.json").read_text())
+    assert metrics["layers"] == 0 and list(metrics["gaussians"]) == ["layer_00_background"]
+    import trimesh
+
+    mesh = trimesh.load(run / "export" / "meshes" / "layers.glb", force="mesh")
+    # glTF is +Y up: the room prior's floor (1.6 m below the camera) is at y = -1.6 in the file
+    assert abs(mesh.bounds[0][1] + 1.6) < 0.05, mesh.bounds
+
+
+def test_layer_meshes_usd_is_z_up_in_metres_with_one_mesh_per_layer(smoke, room):
+    from pxr import Usd, UsdGeom
+
+    _, scene = room
+    stage = Usd.Stage.Open(str(smoke / "export" / "meshes" / "layers.usda"))
+    assert UsdGeom.GetStageUpAxis(stage) == UsdGeom.Tokens.z and UsdGeom.GetStageMetersPerUnit(stage) == 1.0
+    meshes = {p.GetName(): p for p in stage.Traverse() if p.IsA(UsdGeom.Mesh)}
+    assert {"layer_00_background", "layer_01", "layer_02"} <= set(meshes)
+    cache = UsdGeom.XformCache()
+    bg = meshes["layer_00_background"]
+    pts = np.asarray(UsdGeom.Mesh(bg).GetPointsAttr().Get(), np.float64)
+    m = np.asarray(cache.GetLocalToWorldTransform(bg), np.float64)  # row-vector convention
+    world = pts @ m[:3, :3] + m[3, :3]
+    assert np.allclose(world.min(0), scene.room_min, atol=0.05) and np.allclose(world.max(0), scene.room_max, atol=0.05)

@@ -317,21 +317,46 @@ def _disk_offsets(radius: int) -> list[tuple[int, int]]:
             if 0 < dy * dy + dx * dx <= radius * radius]
 
 
+def _smooth_steps(inv: np.ndarray, jump: float) -> np.ndarray:
+    """[R, C] bool: whether pixel (r, c) and (r, c + 1) lie on one surface, from inverse depth ``inv`` [R, C]
+    (NaN invalid). The last column is False.
+
+    Connected when their inverse depths differ by less than ``jump`` (relative), or when the step
+    continues the slope on either side: a plane seen from the origin has 1/d = w . dir, smooth in
+    the pixel grid, so a floor seen at a grazing angle (steps of 10 %+ per row near the horizon)
+    stays one surface, while a silhouette (a step the neighbours do not predict) is cut.
+    """
+    a, b = inv[:, :-1], inv[:, 1:]
+    big = np.fmax(np.abs(a), np.abs(b))
+    step = b - a
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(step) < jump * big
+        before = np.full_like(step, np.nan)
+        before[:, 1:] = step[:, :-1]  # the step into a from its left
+        after = np.full_like(step, np.nan)
+        after[:, :-1] = step[:, 1:]  # the step out of b to its right
+        ok |= np.abs(step - before) < jump * big
+        ok |= np.abs(step - after) < jump * big
+    ok &= np.isfinite(a) & np.isfinite(b)
+    return np.concatenate([ok, np.zeros((inv.shape[0], 1), bool)], 1)
+
+
 def instances_from_depth(depth: Tensor, *, jump: float = 0.08, min_fraction: float = 0.002) -> Tensor:
     """Classical default (no segmenter, no ids): objects that stand out in front of the shell.
 
-    4-connected components of pixels whose neighbours differ by less than ``jump`` in
-    log-depth (a relative jump), with the horizontal wrap (column W-1 neighbours column 0);
-    the largest component is the background shell (0); components with fewer than
+    4-connected components of pixels whose neighbours differ by less than ``jump`` in inverse
+    depth (a relative jump), or by a step that continues the slope beside it (a surface seen at a
+    grazing angle, :func:`_smooth_steps`), with the horizontal wrap (column W-1 neighbours column 0);
+    the largest component is the background shell (0), and so are components that touch the
+    top or bottom row or span more than half the columns (a floor or ceiling cut from the walls at
+    a coarse resolution); components with fewer than
     ``min_fraction`` of the pixels are merged into 0 (noise); the remaining ones that are
     NEARER than their surroundings (median depth of the component < median depth of its 2-px
     outer ring) are instances 1.. (numbered in raster order of their first pixel), the others
     are 0 ("stuff" such as recessed parts of the shell). Invalid depth (non-finite, <= 0) is 0.
 
     Limits: only depth discontinuities separate objects. An object touching the floor (or a
-    wall) with continuous depth at the contact is not separated from the shell; surfaces seen
-    at grazing angles whose depth changes by more than ``jump`` per pixel break into pieces
-    (small ones are dropped as noise, so object silhouettes lose their outermost pixels).
+    wall) with continuous depth at the contact is not separated from the shell.
 
     Args:
         depth: [H, W] radial depth, metres.
@@ -347,18 +372,22 @@ def instances_from_depth(depth: Tensor, *, jump: float = 0.08, min_fraction: flo
     out = np.zeros((H, W), dtype=np.int64)
     if not valid.any():
         return torch.from_numpy(out)
-    logd = np.where(valid, np.log(np.where(valid, d, 1.0)), 0.0)
-    right = np.roll(logd, -1, axis=1)
-    ok_h = valid & np.roll(valid, -1, axis=1) & (np.abs(right - logd) < jump)
+    inv = np.where(valid, 1.0 / np.where(valid, d, 1.0), np.nan)
+    ok_h = _smooth_steps(np.concatenate([inv[:, -2:], inv, inv[:, :2]], 1), jump)[:, 2:W + 2]
     if W == 1:
         ok_h[:] = False
-    ok_v = valid[:-1] & valid[1:] & (np.abs(logd[1:] - logd[:-1]) < jump)
+    ok_v = _smooth_steps(inv.T, jump).T[:-1] if H > 1 else np.zeros((0, W), bool)
     lab = _wrapped_components(ok_h, ok_v, valid)
     n = int(lab.max()) + 1
     sizes = np.bincount(lab[valid], minlength=n)
     shell = int(np.argmax(sizes))
     keep = sizes >= min_fraction * H * W
     keep[shell] = False
+    # what runs round the camera (a floor, a ceiling: at the poles or across most longitudes) is shell
+    keep[np.unique(lab[[0, -1]][valid[[0, -1]]])] = False
+    columns = np.zeros((n, W), bool)
+    columns[lab[valid], np.nonzero(valid)[1]] = True
+    keep &= columns.sum(1) <= 0.5 * W
     cands = np.flatnonzero(keep)
     if cands.size == 0:
         return torch.from_numpy(out)
