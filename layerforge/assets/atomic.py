@@ -12,7 +12,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,35 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def cached_folder(final: str | os.PathLike[str], marker: str, write: Callable[[Path], None]) -> Path:
+    """``final`` when ``final/marker`` exists; else ``write(folder)`` into a temporary sibling, renamed into place.
+
+    A generated input's cache entry (the builtin scenes): a crash never leaves a half-written
+    folder, and of two concurrent writers the first complete copy wins. ``write`` must create
+    ``marker`` (last, so its presence means the folder is whole). The folder gets ordinary
+    permissions (``mkdtemp`` makes 0700).
+    """
+    import shutil
+
+    final = Path(final)
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / marker).is_file():  # someone else's complete copy wins
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import struct
 import tempfile
 import time
@@ -696,24 +695,10 @@ def cached_toy_scene(cache_root: str | os.PathLike[str], **kwargs: Any) -> Path:
     unknown = set(kwargs) - scene_keys - write_keys
     if unknown:
         raise TypeError(f"cached_toy_scene got unknown arguments {sorted(unknown)}")
-    root = Path(cache_root)
-    final = root / _cache_key(kwargs)
-    if (final / "transforms.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the cache is an ordinary folder
-    try:
+    from layerforge.assets.atomic import cached_folder
+
+    def write(folder: Path) -> None:
         spec = toy_scene(**{k: v for k, v in kwargs.items() if k in scene_keys})
-        write_nerfstudio_scene(spec, tmp, **{k: v for k, v in kwargs.items() if k in write_keys})
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "transforms.json").is_file():  # someone else's complete copy wins
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        write_nerfstudio_scene(spec, folder, **{k: v for k, v in kwargs.items() if k in write_keys})
+
+    return cached_folder(Path(cache_root) / _cache_key(kwargs), "transforms.json", write)

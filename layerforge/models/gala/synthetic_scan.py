@@ -20,6 +20,7 @@ Files written by :func:`write_clothed_scan` (the ``builtin:clothed_scan`` input)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -167,25 +168,7 @@ GENERATOR_VERSION = 2
 def cached_clothed_scan(cache_root: str | Path, **kwargs) -> Path:
     """:func:`write_clothed_scan` under ``cache_root/clothed_scan-<hash of kwargs>/``, made on
     first use in a temporary sibling and renamed into place (a crash leaves no half folder)."""
-    import hashlib
-    import shutil
-    import tempfile
+    from layerforge.assets.atomic import cached_folder
 
     key = hashlib.sha256(json.dumps({"v": GENERATOR_VERSION, **kwargs}, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(cache_root)
-    final = root / f"clothed_scan-{key}"
-    if (final / "scan.obj").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
-        write_clothed_scan(tmp, **kwargs)
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / "scan.obj").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cached_folder(Path(cache_root) / f"clothed_scan-{key}", "scan.obj", lambda folder: write_clothed_scan(folder, **kwargs))

@@ -35,8 +35,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -502,21 +500,7 @@ def cached_layered_room(cache_root: str | Path, **kwargs) -> Path:
     """:func:`write_layered_room` under ``cache_root/layered_room-<16-hex hash of kwargs and
     GENERATOR_VERSION>/``, made on first use in a temporary sibling and renamed into place (a
     crash leaves no half folder). Returns the existing folder when its ``pano.png`` is there."""
+    from layerforge.assets.atomic import cached_folder
+
     key = hashlib.sha256(json.dumps({"v": GENERATOR_VERSION, **kwargs}, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(cache_root)
-    final = root / f"layered_room-{key}"
-    if (final / "pano.png").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
-        write_layered_room(tmp, **kwargs)
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / "pano.png").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cached_folder(Path(cache_root) / f"layered_room-{key}", "pano.png", lambda folder: write_layered_room(folder, **kwargs))
