@@ -57,7 +57,7 @@ def _render(run, cams):
     models = layer_models(arrays, 3)
     frozen = lg.FrozenGaussians(models, 16)
     with torch.no_grad():
-        out = lg.render_layers(None, frozen, cams, sh_degree=3, backend="torch")
+        out = lg.render_gaussian_layers(None, frozen, cams, sh_degree=3, backend="torch")
     return out.rgb.clamp(0, 1), len(models)
 
 

@@ -238,7 +238,7 @@ def depth(ctx: StageContext) -> None:
         from layerforge.models.guidance import DepthEstimator
 
         estimator = DepthEstimator(cfg.model, key="depth_estimation.model")
-        bar = ctx.progress(total=20 if cfg.layout == "icosahedron" else 6, desc="depth views")
+        bar = ctx.progress(total=len(da.tangent_cameras(cfg.layout, cfg.view_size, cfg.fov_deg)), desc="depth views")
         d, alignment = da.estimate_panorama_depth(rgb, estimator, layout=cfg.layout, view_size=cfg.view_size,
                                                   fov_deg=cfg.fov_deg, prediction=cfg.prediction,
                                                   progress=lambda i, n: bar.update(1))
@@ -451,11 +451,11 @@ def _train_layer(ctx: StageContext, cfg: GaussiansSection, t: int, layer, earlie
 def _training_preview(ctx: StageContext, model, frozen, views, cfg: GaussiansSection, t: int, step: int) -> None:
     from layerforge.assets.atomic import atomic_write_bytes
     from layerforge.assets.types import texture_to_png
-    from layerforge.models.layerpano3d.gaussians import render_layers
+    from layerforge.models.layerpano3d.gaussians import render_gaussian_layers
 
     idx = torch.arange(0, len(views), max(1, len(views) // 4))[:4]
     with torch.no_grad():
-        out = render_layers(model, frozen, views.cameras[idx], sh_degree=cfg.sh_degree, background=cfg.background,
+        out = render_gaussian_layers(model, frozen, views.cameras[idx], sh_degree=cfg.sh_degree, background=cfg.background,
                             backend=cfg.backend)
     top = torch.cat(list(views.images[idx]), 1)
     bottom = torch.cat(list(out.rgb.cpu().clamp(0, 1)), 1)
@@ -481,11 +481,11 @@ def _cloud(model):
 
 
 def export(ctx: StageContext) -> None:
-    from layerforge.assets.atomic import atomic_write_json
+    from layerforge.assets.atomic import atomic_write_bytes, atomic_write_json
     from layerforge.assets.export import export_asset
     from layerforge.assets.frame import SCENE_FRAME_FILE, SceneFrame
     from layerforge.assets.splat_ply import merge_gaussian_parts, write_splat_ply
-    from layerforge.assets.types import LayeredAsset, Part
+    from layerforge.assets.types import LayeredAsset, Part, texture_to_png
     from layerforge.renderers.panorama import equirect_rgbd_to_mesh
 
     cfg: ExportSection = ctx.typed("export")
@@ -497,7 +497,7 @@ def export(ctx: StageContext) -> None:
     staged = ctx.folder / "staged"
     parts = []
     for t, model in enumerate(models):
-        name = _layer_name(t, K)
+        name = _layer_name(t)
         parts.append(Part(name, _cloud(model), layer=name))
         write_splat_ply(staged / "layers" / f"{name}.ply", parts[-1].geometry)
     write_splat_ply(staged / "scene.ply", merge_gaussian_parts(parts))
@@ -508,25 +508,22 @@ def export(ctx: StageContext) -> None:
         mesh = equirect_rgbd_to_mesh(torch.from_numpy(rgb), torch.from_numpy(dep), mask=torch.from_numpy(keep),
                                      stride=cfg.mesh_stride, max_stretch=cfg.max_stretch)
         if len(mesh.faces):
-            meshes.append(Part(_layer_name(t, K), mesh, layer=_layer_name(t, K)))
+            meshes.append(Part(_layer_name(t), mesh, layer=_layer_name(t)))
     export_asset(LayeredAsset("layers", meshes, metadata={"method": "LayerPano3D", "frame": "panorama"}),
                  staged / "meshes", "layers", formats=cfg.formats)
     for k in range(layer_masks.shape[0]):
-        from layerforge.assets.atomic import atomic_write_bytes
-        from layerforge.assets.types import texture_to_png
-
         m = layer_masks[k].astype(np.float32)
         atomic_write_bytes(staged / "masks" / f"depth_layer_{k:02d}.png", texture_to_png(np.repeat(m[..., None], 3, 2), srgb=False))
     SceneFrame().save(staged / SCENE_FRAME_FILE)
     metrics = _walkthrough(ctx, models, gcfg, cfg, staged)
-    metrics.update(gaussians={_layer_name(t, K): len(m) for t, m in enumerate(models)},
+    metrics.update(gaussians={_layer_name(t): len(m) for t, m in enumerate(models)},
                    layers=K, mesh_faces={p.name: len(p.geometry.faces) for p in meshes})
     metrics["training_psnr"] = _training_psnr(models, completed, gcfg)
     atomic_write_json(staged / "metrics.json", metrics)
     ctx.publish(staged)
 
 
-def _layer_name(t: int, K: int) -> str:
+def _layer_name(t: int) -> str:
     """``layer_00_background`` for the background, ``layer_<t>`` (far to near) for the rest."""
     return "layer_00_background" if t == 0 else f"layer_{t:02d}"
 
@@ -542,9 +539,9 @@ def _training_psnr(models, completed, gcfg: GaussiansSection) -> dict[str, float
         views = lg.training_views(torch.from_numpy(rgb), lg.training_cameras(size))
         frozen = lg.FrozenGaussians(models[: t + 1], (gcfg.sh_degree + 1) ** 2)
         with torch.no_grad():
-            r = lg.render_layers(None, frozen, views.cameras, sh_degree=gcfg.sh_degree, background=gcfg.background,
+            r = lg.render_gaussian_layers(None, frozen, views.cameras, sh_degree=gcfg.sh_degree, background=gcfg.background,
                                  backend=gcfg.backend)
-        out[_layer_name(t, len(models) - 1)] = round(psnr(r.rgb.clamp(0, 1), views.images), 3)
+        out[_layer_name(t)] = round(psnr(r.rgb.clamp(0, 1), views.images), 3)
     return out
 
 
@@ -573,7 +570,7 @@ def _walkthrough(ctx: StageContext, models, gcfg: GaussiansSection, cfg: ExportS
     frames = []
     with torch.no_grad():
         for i in ctx.progress(range(len(cams)), total=len(cams), desc="walk-through"):
-            out = lg.render_layers(None, frozen, cams[[i]], sh_degree=gcfg.sh_degree, background=gcfg.background,
+            out = lg.render_gaussian_layers(None, frozen, cams[[i]], sh_degree=gcfg.sh_degree, background=gcfg.background,
                                    backend=gcfg.backend)
             frames.append(out.rgb[0].clamp(0, 1).cpu())
     strip = torch.cat(frames[:: max(1, len(frames) // 6)][:6], 1).numpy()

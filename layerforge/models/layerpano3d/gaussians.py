@@ -138,16 +138,20 @@ class FrozenGaussians:
         return self
 
 
+def _pad_sh(sh: Tensor, bases: int) -> Tensor:
+    """SH coefficients [N, K, 3] zero-padded (or cut) to ``bases`` bands [N, bases, 3]."""
+    if sh.shape[1] < bases:
+        sh = torch.cat([sh, sh.new_zeros(sh.shape[0], bases - sh.shape[1], 3)], dim=1)
+    return sh[:, :bases]
+
+
 def _activated_detached(model: GaussianModel, sh_bases: int) -> dict[str, Tensor]:
     g = {k: v.detach() for k, v in model.activated().items()}
-    sh = g["sh_coeffs"]
-    if sh.shape[1] < sh_bases:
-        sh = torch.cat([sh, sh.new_zeros(sh.shape[0], sh_bases - sh.shape[1], 3)], dim=1)
-    g["sh_coeffs"] = sh[:, :sh_bases]
+    g["sh_coeffs"] = _pad_sh(g["sh_coeffs"], sh_bases)
     return g
 
 
-def render_layers(model: GaussianModel | None, frozen: FrozenGaussians, cameras: Camera, *, sh_degree: int,
+def render_gaussian_layers(model: GaussianModel | None, frozen: FrozenGaussians, cameras: Camera, *, sh_degree: int,
                   background: Sequence[float] = WHITE, backend: str = "auto") -> RenderOutput:
     """Render the frozen layers and the trainable one together (frozen first in the arrays).
 
@@ -160,9 +164,7 @@ def render_layers(model: GaussianModel | None, frozen: FrozenGaussians, cameras:
     if not parts:
         raise ValueError("nothing to render: no trainable and no frozen Gaussians")
     k = max(p["sh_coeffs"].shape[1] for p in parts)
-    sh = [p["sh_coeffs"] if p["sh_coeffs"].shape[1] == k else
-          torch.cat([p["sh_coeffs"], p["sh_coeffs"].new_zeros(p["sh_coeffs"].shape[0], k - p["sh_coeffs"].shape[1], 3)], 1)
-          for p in parts]
+    sh = [_pad_sh(p["sh_coeffs"], k) for p in parts]
     cat = {name: torch.cat([p[name] for p in parts]) for name in ("means", "quats", "scales", "opacities")}
     dev = cat["means"].device
     out = render_gaussians(cat["means"], cat["quats"], cat["scales"], cat["opacities"], None, cameras.to(device=dev),
@@ -220,7 +222,7 @@ class PhotometricLoss(PaperTerm):
     def loss(self, model: torch.nn.Module, batch: Any, step: int, info: dict[str, Any]) -> Tensor:
         assert isinstance(model, GaussianModel)
         views: CameraSet = batch
-        out = render_layers(model, self.frozen, views.cameras, sh_degree=sh_degree_at(step, self.max_sh_degree, self.sh_every),
+        out = render_gaussian_layers(model, self.frozen, views.cameras, sh_degree=sh_degree_at(step, self.max_sh_degree, self.sh_every),
                             background=self.background, backend=self.backend)
         n_frozen = out.meta["n_frozen"]
         info["gsplat"] = {"means2d": _TrainableSlice(out.meta["means2d"], n_frozen),
