@@ -1,6 +1,7 @@
-"""The ``layerforge`` command: run, list, inspect, convert.
+"""The ``layerforge`` command: run, batch, list, inspect, convert.
 
     layerforge run <pipeline> [key=value ...] [--force STAGE] [--dry-run] [--quiet]
+    layerforge batch <pipeline> inputs=<folder|glob|list.txt|items.csv|run:...> [executor=local|ray|slurm] [key=value ...]
     layerforge list
     layerforge inspect <run-dir>
     layerforge convert object_nerf <src> <dst> [--split DIR] [--instance-tag TAG] [--preset NAME] ...
@@ -12,38 +13,11 @@ A stage that fails for another reason exits with code 1, its traceback in the ru
 from __future__ import annotations
 
 import argparse
-import logging
-import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 
 from layerforge.errors import LayerforgeError
-
-log = logging.getLogger("layerforge")
-
-
-def _setup_logging(log_file: Path | None, quiet: bool) -> None:
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if quiet else logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(console)
-    if log_file is not None:
-        fh = logging.FileHandler(log_file)
-        fh.setLevel(logging.DEBUG)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(fh)
-
-
-def resume_command(pipeline: str, overrides: list[str], run_name: str) -> str:
-    """The command that continues this run: the same overrides, with ``run=`` pinned."""
-    kept = [o for o in overrides if not o.startswith("run=")]
-    return shlex.join(["layerforge", "run", pipeline, *kept, f"run={run_name}"])
 
 
 def _interrupt_on_sigterm() -> None:
@@ -55,59 +29,46 @@ def _interrupt_on_sigterm() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from layerforge.pipelines import registry
-    from layerforge.pipelines.engine import Engine, format_plan, resolve_device
-    from layerforge.pipelines.inputs import resolve_inputs
+    from layerforge.pipelines.engine import Engine, format_plan
+    from layerforge.pipelines.launch import execute_run, prepare_run
     from layerforge.pipelines.rundir import RunDir
-    from layerforge.pipelines.schema import validate_config
 
     overrides = list(args.overrides)
     if args.quiet:
         overrides.append("quiet=true")
-    cfg = registry.load_config(args.pipeline, overrides)
-    pipeline = registry.build(cfg)
-    validate_config(pipeline, cfg)  # every bad value fails before any folder is made
-    input_path = resolve_inputs(cfg.get("input"), str(cfg.out))
-    resolve_device(str(cfg.device))
-    run_name = str(cfg.run) if cfg.get("run") else time.strftime("%Y%m%d-%H%M%S")
-    root = Path(str(cfg.out)) / pipeline.name / run_name
-    command = resume_command(args.pipeline, list(args.overrides) + (["--quiet"] if args.quiet else []), run_name)
+    prepared = prepare_run(args.pipeline, overrides, list(args.overrides) + (["--quiet"] if args.quiet else []))
+    root = prepared.root
     if args.dry_run:
-        run_dir = RunDir.open(root, pipeline.name) if (root / "manifest.json").exists() else RunDir(root, {"stages": {}, "exports": {}})
-        engine = Engine(pipeline, cfg, run_dir, input_path)
-        print(f"{pipeline.name} run '{run_name}' in {root}:")
+        run_dir = RunDir.open(root, prepared.pipeline.name) if (root / "manifest.json").exists() \
+            else RunDir(root, {"stages": {}, "exports": {}})
+        engine = Engine(prepared.pipeline, prepared.cfg, run_dir, prepared.input_path)
+        print(f"{prepared.pipeline.name} run '{prepared.run_name}' in {root}:")
         print(format_plan(engine.plan(args.force)))
         return 0
-    run_dir = RunDir.open(root, pipeline.name)
-    engine = Engine(pipeline, cfg, run_dir, input_path, command=command)
     _interrupt_on_sigterm()
     try:
-        with run_dir.locked():  # before anything is written: a second command changes nothing
-            _setup_logging(run_dir.log_path, bool(cfg.quiet))
-            from omegaconf import OmegaConf
-
-            from layerforge.assets.atomic import atomic_write_text
-
-            atomic_write_text(root / "config.yaml", OmegaConf.to_yaml(cfg))
-            log.info("%s run '%s' -> %s", pipeline.name, run_name, root)
-            engine.run(force=args.force)
+        run_dir = execute_run(prepared, force=args.force)
     except KeyboardInterrupt:
-        print(f"interrupted; resume with: {command}", file=sys.stderr)
+        print(f"interrupted; resume with: {prepared.command}", file=sys.stderr)
         return 130
     except LayerforgeError:
         raise
-    except Exception as err:  # a bug or an environment problem: keep the traceback in the log
-        log.debug("stage failed", exc_info=True)
+    except Exception as err:
         print(
-            f"error: a stage failed with {type(err).__name__}: {err}; the traceback is in {run_dir.log_path}",
+            f"error: a stage failed with {type(err).__name__}: {err}; the traceback is in {root / 'log.txt'}",
             file=sys.stderr,
         )
         return 1
-    exports = sorted(run_dir.exports)
     print(f"done: {root}")
-    for rel in exports:
+    for rel in sorted(run_dir.exports):
         print(f"  {root / rel}")
     return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from layerforge.pipelines.batch import run_batch
+
+    return run_batch(args.pipeline, list(args.overrides), quiet=args.quiet)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -194,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="say what would run and why, run nothing")
     run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     run.set_defaults(func=cmd_run)
+    bat = sub.add_parser("batch", help="one run per item of a folder, glob, list or CSV (local, ray or slurm)")
+    bat.add_argument("pipeline")
+    bat.add_argument("overrides", nargs="*", help="inputs=..., executor=local|ray|slurm, batch=NAME, max_parallel=N, "
+                     "retries=N, timeout_s=S (configs/batch.yaml); any other key=value overrides the pipeline")
+    bat.add_argument("--quiet", action="store_true", help="no progress bar")
+    bat.set_defaults(func=cmd_batch)
     lst = sub.add_parser("list", help="pipelines, their stages and options")
     lst.set_defaults(func=cmd_list)
     ins = sub.add_parser("inspect", help="a run's stages, timings and deliverables")
@@ -221,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may follow options (`run bsp --dry-run seed=1`); argparse stops collecting them there
-    if args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
+    if args.command in ("run", "batch") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -69,6 +69,12 @@ def _mesh_files(src: Path) -> list[Path]:
     return sorted(chosen.values())
 
 
+def batch_items(folder: Path) -> list[Path]:
+    """The items of ``layerforge batch bsp inputs=<folder>``: every mesh in it (sub-folders too),
+    one per object when an object is there in several formats (a run's export/)."""
+    return _mesh_files(folder)
+
+
 MESH_SUFFIX_PREFERENCE = (".glb", ".gltf", ".usdc", ".usd", ".usda", ".usdz", ".obj", ".ply", ".stl", ".off")
 """Which file of one object's several formats a folder input reads (most complete format first)."""
 

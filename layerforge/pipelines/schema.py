@@ -55,8 +55,9 @@ class RunOptions:
         one_of("input_up_axis", self.input_up_axis, ("auto", "Y", "Z", "y", "z"))
         at_least("seed", self.seed, 0)
         require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device", self.device, "auto, cpu or cuda")
-        require(self.run is None or ("/" not in self.run and self.run not in (".", "..")), "run", self.run,
-                "a plain name (no '/')")
+        parts = [] if self.run is None else str(self.run).split("/")  # <batch>/<item> is a batch item's run
+        require(self.run is None or (len(parts) <= 2 and all(p not in ("", ".", "..") for p in parts)), "run", self.run,
+                "a plain name (no '/'), or <batch>/<item>")
 
 
 def _typed(schema: type, node: Any, where: str) -> Any:
