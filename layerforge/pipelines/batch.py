@@ -29,7 +29,7 @@ from typing import Any
 from layerforge.assets.atomic import atomic_write_json, atomic_write_text
 from layerforge.errors import InputError
 from layerforge.pipelines.batch_config import BatchConfig, load_batch_config, split_overrides
-from layerforge.pipelines.batch_executors import POLL_S, make_executor
+from layerforge.pipelines.batch_executors import POLL_S, Executor, check_executor, make_executor
 from layerforge.pipelines.batch_item_run import ItemResult, ItemSpec
 from layerforge.pipelines.batch_items import BATCH_FILE, BatchItem, collect_items, folder_items
 from layerforge.pipelines.rundir import MANIFEST, RunLock, now_iso, sha256_json, stamp
@@ -140,6 +140,7 @@ def run_batch(pipeline_name: str, args: list[str], quiet: bool = False) -> int:
     validate_config(registry.build(pipeline_cfg), pipeline_cfg)  # a bad global override fails before any item
     out = Path(str(pipeline_cfg.out)).expanduser().resolve()
     items = collect_items(str(cfg.inputs), out, folder_items(str(pipeline_cfg.pipeline.module)))
+    check_executor(cfg)
     batch_name = cfg.batch or time.strftime("%Y%m%d-%H%M%S")
     root = out / pipeline_name / batch_name
     root.mkdir(parents=True, exist_ok=True)
@@ -151,12 +152,16 @@ def run_batch(pipeline_name: str, args: list[str], quiet: bool = False) -> int:
         header = {"pipeline": pipeline_name, "batch": batch_name, "executor": cfg.executor, "command": command,
                   "inputs": cfg.inputs, "overrides": overrides[:-1],
                   "key_metrics": list(pipeline_cfg.pipeline.get("key_metrics") or [])}
-        return _drive(BatchState(root, header), str(pipeline_cfg.pipeline.module), cfg, overrides, items, out, quiet)
+        executor = make_executor(cfg, root, f"layerforge-{pipeline_name}-{batch_name}", [str(pipeline_cfg.pipeline.module)])
+        try:
+            return _drive(BatchState(root, header), executor, cfg, overrides, items, out, quiet)
+        finally:
+            executor.close()
     finally:
         lock.release()
 
 
-def _drive(state: BatchState, module: str, cfg: BatchConfig, overrides: list[str], items: list[BatchItem], out: Path,
+def _drive(state: BatchState, executor: Executor, cfg: BatchConfig, overrides: list[str], items: list[BatchItem], out: Path,
            quiet: bool) -> int:
     from tqdm import tqdm
 
@@ -191,9 +196,7 @@ def _drive(state: BatchState, module: str, cfg: BatchConfig, overrides: list[str
 
     previous_handler = signal.signal(signal.SIGTERM, interrupt)
     tries = dict.fromkeys(specs, 0)  # attempts in this invocation (retries=); the entry counts them all
-    executor = None
     try:
-        executor = make_executor(cfg, root, f"layerforge-{pipeline}-{root.name}", [module])
         while pending or _in_flight(state):
             take = min(len(pending), max(0, executor.capacity()))
             if take:
@@ -219,9 +222,8 @@ def _drive(state: BatchState, module: str, cfg: BatchConfig, overrides: list[str
                 bar.set_postfix(failed=state.summary()[FAILED])
                 state.save()
     except KeyboardInterrupt:
-        if executor is not None:
-            for spec, result in executor.stop_all():
-                _record(state.item(spec["item"]), {**result, "status": INTERRUPTED})
+        for spec, result in executor.stop_all():
+            _record(state.item(spec["item"]), {**result, "status": INTERRUPTED})
         for name, entry in state.data["items"].items():
             if entry["status"] in (RUNNING, PENDING):
                 entry["status"] = INTERRUPTED
@@ -231,8 +233,6 @@ def _drive(state: BatchState, module: str, cfg: BatchConfig, overrides: list[str
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        if executor is not None:
-            executor.close()
     bar.close()
     state.save()
     print(format_summary(state), file=sys.stderr)

@@ -194,6 +194,28 @@ def start_local_ray(num_cpus: int | None, num_gpus: float | None = None) -> None
              configure_logging=False)
 
 
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _probe_ray_address(address: str) -> None:
+    """Fail in seconds on an address nobody listens at (``ray.init`` retries it for minutes).
+
+    Raises:
+        ConfigError: nothing answers at ``host:port``.
+    """
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address} ({err.strerror or err})",
+                          "check ray_address= (`ray status` on the head node), or drop it to start a local Ray") from None
+
+
 def _ray_error(err: BaseException) -> str:
     import ray.exceptions as rex
 
@@ -221,6 +243,7 @@ class RayExecutor:
         if self.address is None:
             start_local_ray(num_cpus=None)
         else:
+            _probe_ray_address(self.address)
             import ray
 
             try:
@@ -318,10 +341,7 @@ class SlurmExecutor:
         import submitit
 
         s = self.cfg.slurm
-        if s.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise ConfigError("executor=slurm needs SLURM's sbatch, which is not on this machine's PATH",
-                              "run the batch on a SLURM login node, use executor=local or ray, or slurm.cluster=local"
-                              " to run the same jobs as local processes")
+        check_executor(self.cfg)
         self._submitit = submitit
         timeout_min = s.time_min or (math.ceil(self.cfg.timeout_s / 60) if self.cfg.timeout_s else 60)
         self._parallel = self.cfg.max_parallel or s.array_parallelism
@@ -395,6 +415,18 @@ class SlurmExecutor:
 
     def close(self) -> None:
         pass
+
+
+def check_executor(cfg: BatchConfig) -> None:
+    """What can be told before anything starts: SLURM needs sbatch on this machine.
+
+    Raises:
+        ConfigError: executor=slurm (slurm.cluster=slurm) without sbatch on PATH.
+    """
+    if cfg.executor == "slurm" and cfg.slurm.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("executor=slurm needs SLURM's sbatch, which is not on this machine's PATH",
+                          "run the batch on a SLURM login node, use executor=local or ray, or slurm.cluster=local"
+                          " to run the same jobs as local processes")
 
 
 def make_executor(cfg: BatchConfig, folder: Path, job_name: str, preload: list[str]) -> Executor:

@@ -62,13 +62,16 @@ def resolve_run_reference(ref: str, out: Path) -> Path:
     """``<pipeline>/<run>[#artifact]`` under ``out`` -> the path of that run's deliverables or artifact."""
     target, _, artifact = ref.partition("#")
     parts = [p for p in target.split("/") if p]
-    if len(parts) != 2:
+    if len(parts) not in (2, 3):  # <pipeline>/<run>, or <pipeline>/<batch>/<item> (an item of layerforge batch)
         raise InputError(f"input=run:{ref} is not run:<pipeline>/<run>[#artifact]", "e.g. input=run:dp_recon/kitchen")
-    root = out / parts[0] / parts[1]
+    root = out.joinpath(*parts)
+    if len(parts) == 2 and not (root / "manifest.json").exists() and (root / "batch.json").exists():
+        raise InputError(f"run:{ref} is a batch, not one run",
+                         f"name one item (run:{target}/<item>) or pass it to layerforge batch inputs=run:{target}")
     manifest = load_manifest(root)
     if not artifact:
         if not manifest.get("exports"):
-            raise InputError(f"run {parts[0]}/{parts[1]} has no deliverables yet", "finish that run first, or name #<artifact>")
+            raise InputError(f"run {target} has no deliverables yet", "finish that run first, or name #<artifact>")
         return (root / "export").resolve()
     if artifact in manifest.get("exports", {}):
         return (root / artifact).resolve()
@@ -80,7 +83,7 @@ def resolve_run_reference(ref: str, out: Path) -> Path:
         if record is not None and entry.get("status") == "done":
             return (root / record["path"]).resolve()
     known = sorted({a for s in order for a in (stages[s].get("outputs") or {})} | set(manifest.get("exports", {})))
-    raise InputError(f"run {parts[0]}/{parts[1]} has no finished artifact '{artifact}'",
+    raise InputError(f"run {target} has no finished artifact '{artifact}'",
                      f"pick one of: {', '.join(known) or '(none yet)'}")
 
 
