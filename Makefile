@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dp_recon.py --quick
 	$(PY) benchmarks/gala.py --quick
 	$(PY) benchmarks/layerpano3d.py --quick
+	$(PY) benchmarks/batch.py --items 8
 
 # Regenerate the lock from requirements/base.in in a scratch venv.
 lock:
