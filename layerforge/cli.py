@@ -90,6 +90,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if (Path(args.run_dir) / "batch.json").exists() and not (Path(args.run_dir) / "manifest.json").exists():
+        from layerforge.pipelines.batch import inspect_batch
+
+        print(inspect_batch(Path(args.run_dir)))
+        return 0
     from layerforge.pipelines.rundir import load_manifest
 
     from layerforge.pipelines.rundir import RunLock
@@ -163,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bat.set_defaults(func=cmd_batch)
     lst = sub.add_parser("list", help="pipelines, their stages and options")
     lst.set_defaults(func=cmd_list)
-    ins = sub.add_parser("inspect", help="a run's stages, timings and deliverables")
+    ins = sub.add_parser("inspect", help="a run's stages, timings and deliverables (or a batch's items)")
     ins.add_argument("run_dir")
     ins.set_defaults(func=cmd_inspect)
     conv = sub.add_parser("convert", help="convert a dataset layout into our nerfstudio folder")

@@ -99,11 +99,14 @@ def _metrics(out: Path, name: str, item: str) -> dict:
     return json.loads((out / "bsp" / name / item / "export" / "metrics.json").read_text())
 
 
-def _kill_after(proc, out: Path, name: str, done: int, sig: int, timeout: float = 300) -> None:
+def _kill_after(proc, out: Path, name: str, done: int, sig: int, watch=None, timeout: float = 300) -> None:
+    """Send ``sig`` to the batch once ``done`` items finished; ``watch(pid)`` is called while it runs."""
     deadline = time.time() + timeout
     path = out / "bsp" / name / "batch.json"
     while time.time() < deadline:
         assert proc.poll() is None, "the batch ended before it could be killed"
+        if watch is not None:
+            watch(proc.pid)
         if path.exists():
             try:
                 if _state(out, name)["summary"]["done"] >= done:
@@ -115,35 +118,47 @@ def _kill_after(proc, out: Path, name: str, done: int, sig: int, timeout: float 
     proc.wait(timeout=120)
 
 
-def _resumed_equals_uninterrupted(out: Path, items_csv: Path, name: str, full: str, sig: int, *extra: str) -> None:
-    """Kill the batch after its first finished item, re-run it: finished items are skipped and
-    every deliverable's figures equal those of the uninterrupted batch ``full``."""
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, items_csv: Path) -> Path:
+    """The six items through the local executor, uninterrupted: the reference every executor's
+    killed-and-resumed batch must equal."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    items = _check_outcome(out, "full", _batch(out, items_csv, "full", "executor=local", "max_parallel=2"))
+    assert len({items[k]["pid"] for k in ("airplane", "bone", "cow", "cube")}) == 4  # a process per item
+    return out
+
+
+def _killed_then_resumed(out: Path, items_csv: Path, name: str, reference: Path, sig: int, *extra: str,
+                         watch=None) -> None:
+    """Kill the batch after its first finished item and re-run it: the outcome is the acceptance
+    one (4 exported, 2 one-line errors, exit 1), finished items are skipped, and every deliverable's
+    figures equal the uninterrupted local batch's."""
     proc = _batch(out, items_csv, name, *extra, wait=False)
-    _kill_after(proc, out, name, done=1, sig=sig)
+    _kill_after(proc, out, name, done=1, sig=sig, watch=watch)
     killed = _state(out, name)
     finished_before = {k for k, v in killed["items"].items() if v["status"] == "done"}
     assert finished_before and len(finished_before) < 4, killed["summary"]
+    shown = run_cli("inspect", str(out / "bsp" / name))
+    assert shown.returncode == 0 and "interrupted" in shown.stdout and "resume with: layerforge batch bsp" in shown.stdout, \
+        shown.stdout + shown.stderr
     again = _batch(out, items_csv, name, *extra)
     items = _check_outcome(out, name, again)
     assert {k for k, v in items.items() if v.get("skipped")} == finished_before
     assert f"{len(finished_before)} of 6 items finished before: skipped" in again.stderr
     for good in ("airplane", "bone", "cow", "cube"):
-        assert _metrics(out, name, good) == _metrics(out, full, good), good
+        assert _metrics(out, name, good) == _metrics(reference, "full", good), good
 
 
-def test_local_batch_isolates_failures_and_resumes_after_sigkill(tmp_path, items_csv):
-    out = tmp_path / "out"
-    items = _check_outcome(out, "local-full", _batch(out, items_csv, "local-full", "executor=local", "max_parallel=2"))
-    assert len({items[k]["pid"] for k in ("airplane", "bone", "cow", "cube")}) == 4  # a process per item
+def test_local_batch_isolates_failures_and_resumes_after_sigkill(tmp_path, items_csv, uninterrupted):
     # a batch killed with SIGKILL (its items die with it) and re-run gives the same deliverables
-    _resumed_equals_uninterrupted(out, items_csv, "local-kill", "local-full", signal.SIGKILL, "executor=local", "max_parallel=1")
+    _killed_then_resumed(tmp_path, items_csv, "kill", uninterrupted, signal.SIGKILL, "executor=local", "max_parallel=2")
     # re-running a finished batch runs nothing but the two failed items
-    again = _batch(out, items_csv, "local-full", "executor=local")
+    again = _batch(uninterrupted, items_csv, "full", "executor=local")
     assert "4 of 6 items finished before: skipped" in again.stderr and again.returncode == 1
 
 
-def _listening(pid: int) -> list[tuple[str, str]]:
-    """(process name, local address) of every listening socket of ``pid`` and its descendants."""
+def _listening(pid: int) -> list[tuple[str, str, int]]:
+    """(process name, local address, port) of every listening socket of ``pid`` and its descendants."""
     found = []
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
@@ -151,38 +166,31 @@ def _listening(pid: int) -> list[tuple[str, str]]:
         return found
     for p in procs:
         try:
-            found += [(p.name(), c.laddr.ip) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            found += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
 
 
-def test_ray_batch_binds_loopback_only_isolates_failures_and_resumes(tmp_path, items_csv):
-    out = tmp_path / "out"
-    proc = _batch(out, items_csv, "ray-full", "executor=ray", "max_parallel=2", wait=False)
-    seen: set[tuple[str, str]] = set()
-    while proc.poll() is None:  # while Ray is up: which addresses do its servers listen on?
-        seen |= set(_listening(proc.pid))
-        time.sleep(0.2)
-    proc.wait()
-    ray_servers = {(n, ip) for n, ip in seen if "raylet" in n or "gcs" in n or n.startswith("ray")}
+def test_ray_batch_binds_loopback_only_isolates_failures_and_resumes(tmp_path, items_csv, uninterrupted):
+    seen: set[tuple[str, str, int]] = set()
+    # SIGTERM (a scheduler's stop) mid-batch, then the same command again; while Ray is up, which
+    # addresses do its servers listen on?
+    _killed_then_resumed(tmp_path, items_csv, "ray", uninterrupted, signal.SIGTERM, "executor=ray", "max_parallel=2",
+                         watch=lambda pid: seen.update(_listening(pid)))
+    ray_servers = {(n, ip) for n, ip, _ in seen if "raylet" in n or "gcs" in n or n.startswith("ray")}
     assert ray_servers, f"no Ray server seen listening: {seen}"
-    assert {ip for _, ip in seen} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
-    state = _state(out, "ray-full")
-    assert state["summary"]["done"] == 4 and state["summary"]["failed"] == 2 and proc.returncode == 1, state["summary"]
-    assert state["items"]["broken"]["error"] and state["items"]["nan_chair"]["error"].startswith("fit.lr=nan")
-    # SIGTERM (a scheduler's stop) mid-batch, then the same command again
-    _resumed_equals_uninterrupted(out, items_csv, "ray-term", "ray-full", signal.SIGTERM, "executor=ray", "max_parallel=1")
+    assert {ip for _, ip, _ in seen} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, seen
+    assert 8265 not in {port for _, _, port in seen}, "Ray's dashboard is serving"  # its head runs --minimal
 
 
-def test_slurm_batch_through_submitit_isolates_failures_and_resumes(tmp_path, items_csv):
-    out = tmp_path / "out"
-    full = _batch(out, items_csv, "slurm-full", "executor=slurm", "slurm.cluster=local", "max_parallel=2")
-    items = _check_outcome(out, "slurm-full", full)
-    assert all(items[k].get("job_id") is None or items[k]["job_id"] for k in items)
-    assert list((out / "bsp" / "slurm-full" / "slurm").glob("*_submitted.pkl")), "submitit's job folder"
-    _resumed_equals_uninterrupted(out, items_csv, "slurm-term", "slurm-full", signal.SIGTERM, "executor=slurm", "slurm.cluster=local",
-                                  "max_parallel=1")
+def test_slurm_batch_through_submitit_isolates_failures_and_resumes(tmp_path, items_csv, uninterrupted):
+    _killed_then_resumed(tmp_path, items_csv, "slurm", uninterrupted, signal.SIGTERM, "executor=slurm",
+                         "slurm.cluster=local", "max_parallel=2")
+    state = _state(tmp_path, "slurm")
+    assert all(state["items"][k].get("job_id") for k in ("airplane", "bone", "cow", "cube"))  # submitit's jobs
+    assert list((tmp_path / "bsp" / "slurm" / "slurm").glob("*_submitted.pkl")), "submitit's job folder"
 
 
 def test_item_over_its_timeout_is_stopped_and_recorded_and_the_rest_go_on(tmp_path):
@@ -196,12 +204,12 @@ def test_item_over_its_timeout_is_stopped_and_recorded_and_the_rest_go_on(tmp_pa
                                       "chair.obj,\"[{phase: 0, resolution: 64, steps: 100000}]\"\n")
     out = tmp_path / "out"
     t0 = time.time()
-    proc = _batch(out, folder / "items.csv", "t", "timeout_s=20", "max_parallel=2")
+    proc = _batch(out, folder / "items.csv", "t", "timeout_s=10", "max_parallel=2")
     assert time.time() - t0 < 90
     state = _state(out, "t")
     assert proc.returncode == 1 and state["items"]["box"]["status"] == "done", proc.stderr
     error = state["items"]["chair"]["error"]
-    assert error.startswith("timed out after 20 s (timeout_s=20)"), error
+    assert error.startswith("timed out after 10 s (timeout_s=10)"), error
     manifest = json.loads((out / "bsp" / "t" / "chair" / "manifest.json").read_text())
     assert manifest["stages"]["fit"]["status"] == "interrupted"  # stopped like Ctrl-C: recorded, checkpoint kept
     assert list((out / "bsp" / "t" / "chair" / "stages" / "fit").glob("*checkpoint*")) or \
@@ -232,25 +240,28 @@ def test_an_item_killed_from_outside_is_recorded_and_the_batch_goes_on(tmp_path)
 
 def test_batch_over_a_run_with_several_objects_makes_one_proxy_set_per_object(tmp_path):
     """``inputs=run:<pipeline>/<run>``: each object mesh of that run's deliverables is an item;
-    the other formats of the same object (obj/usda next to glb) and non-mesh files are not."""
+    the scene file, the other formats of the same object (obj next to glb) and non-mesh files are not."""
     out = tmp_path / "out"
     upstream = out / "dp_recon" / "kitchen"
     export = upstream / "export"
     export.mkdir(parents=True)
     shapes = {"table": trimesh.creation.box(extents=(1.2, 0.8, 0.05)),
               "mug": trimesh.creation.cylinder(0.05, 0.1), "lamp": trimesh.creation.cone(0.2, 0.4)}
+    # dp_recon's export layout: the whole scene, and one mesh per object in several formats
+    trimesh.Scene(list(shapes.values())).export(export / "scene.glb")
+    (export / "objects").mkdir()
     for name, mesh in shapes.items():
-        mesh.export(export / f"{name}.glb")
-        mesh.export(export / f"{name}.obj")
+        mesh.export(export / "objects" / f"{name}.glb")
+        mesh.export(export / "objects" / f"{name}.obj")
     (export / "metrics.json").write_text("{}")
     (upstream / "manifest.json").write_text(json.dumps({"pipeline": "dp_recon", "stages": {},
-                                                        "exports": {f"export/{n}.glb": "x" for n in shapes}}))
+                                                        "exports": {f"export/objects/{n}.glb": "x" for n in shapes}}))
     proc = run_cli("batch", "bsp", "inputs=run:dp_recon/kitchen", f"out={out}", "batch=proxies", *TINY_BSP, "--quiet")
     assert proc.returncode == 0, proc.stderr
     state = _state(out, "proxies")
     assert sorted(state["items"]) == ["lamp", "mug", "table"]
     for name in shapes:
-        assert state["items"][name]["input"].endswith(f"{name}.glb")
+        assert state["items"][name]["input"].endswith(f"objects/{name}.glb")
         parts = trimesh.load(out / "bsp" / "proxies" / name / "export" / f"{name}.glb")
         assert len(parts.geometry) >= 1
     # a finished batch is itself an input: its items' deliverables, and one item by run:<pipeline>/<batch>/<item>

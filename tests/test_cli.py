@@ -76,6 +76,18 @@ def test_list_shows_pipelines_stages_and_options(capsys):
     assert "mode=fit" in out and "seed=0" in out and "device=auto" in out
 
 
+def test_list_imports_no_pipeline_and_no_torch():
+    """`layerforge list` reads configs only (it took over 5 s when the registry imported the engine and torch)."""
+    code = ("import sys; from layerforge.cli import main; main(['list']); "
+            "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('layerforge.pipelines.') "
+            "and m.split('.')[-1] not in ('registry', 'stage')); print('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+    assert "mesh_report:" in proc.stdout and "bsp:" in proc.stdout
+
+
 def test_dry_run_says_what_would_run_and_writes_nothing(tmp_path, capsys):
     assert main(["run", "bsp", f"out={tmp_path}", "run=dry", "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -84,11 +84,7 @@ class BatchState:
         return self.data["items"][name]
 
     def summary(self) -> dict[str, int]:
-        counts = {"items": len(self.data["items"]), DONE: 0, FAILED: 0, INTERRUPTED: 0, RUNNING: 0, PENDING: 0}
-        for entry in self.data["items"].values():
-            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-        counts["skipped"] = sum(1 for e in self.data["items"].values() if e.get("skipped"))
-        return counts
+        return count_items(self.data)
 
     def save(self) -> None:
         self.data["updated"] = now_iso()
@@ -96,15 +92,9 @@ class BatchState:
         atomic_write_json(self.root / BATCH_FILE, self.data)
         atomic_write_text(self.root / CSV_FILE, self.csv())
 
-    def metric_keys(self, entries: Any) -> list[str]:
-        """The pipeline's ``key_metrics`` (``pipeline.key_metrics`` in its config), else every figure recorded."""
-        found = {k for e in entries for k in (e.get("metrics") or {})}
-        declared = self.data.get("key_metrics") or []
-        return [k for k in declared if k in found] if declared else sorted(found)
-
     def csv(self) -> str:
         items = self.data["items"]
-        metric_keys = self.metric_keys(items.values())
+        metric_keys = _metric_keys(self.data, items.values())
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow([*CSV_COLUMNS, *metric_keys, "error", "input"])
@@ -113,6 +103,22 @@ class BatchState:
             writer.writerow([name, e["status"], e.get("attempts", 0), _cell(e.get("wall_s")), _cell(e.get("peak_rss_mb")),
                              *(_cell(metrics.get(k)) for k in metric_keys), e.get("error") or "", e["input"]])
         return buf.getvalue()
+
+
+def count_items(data: dict[str, Any]) -> dict[str, int]:
+    """Items per status of a batch (and how many were skipped as finished before)."""
+    counts = {"items": len(data["items"]), DONE: 0, FAILED: 0, INTERRUPTED: 0, RUNNING: 0, PENDING: 0}
+    for entry in data["items"].values():
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    counts["skipped"] = sum(1 for e in data["items"].values() if e.get("skipped"))
+    return counts
+
+
+def _metric_keys(data: dict[str, Any], entries: Any) -> list[str]:
+    """The pipeline's ``key_metrics`` (``pipeline.key_metrics`` in its config), else every figure recorded."""
+    found = {k for e in entries for k in (e.get("metrics") or {})}
+    declared = data.get("key_metrics") or []
+    return [k for k in declared if k in found] if declared else sorted(found)
 
 
 def _cell(value: Any) -> str:
@@ -175,7 +181,8 @@ def _drive(state: BatchState, executor: Executor, cfg: BatchConfig, overrides: l
                  "attempts": before.get("attempts", 0) if before.get("key") == key else 0, "key": key,
                  "run_dir": str(root / item.name), "error": None}
         if before.get("key") == key and before.get("status") == DONE and _finished(root / item.name):
-            entry.update({k: before.get(k) for k in ("status", "wall_s", "peak_rss_mb", "metrics", "exports", "ended")},
+            entry.update({k: before.get(k) for k in ("status", "wall_s", "peak_rss_mb", "metrics", "exports", "ended",
+                                                                 "host", "pid", "job_id") if k in before},
                          skipped=True)
         else:
             pending.append(item.name)
@@ -218,7 +225,7 @@ def _drive(state: BatchState, executor: Executor, cfg: BatchConfig, overrides: l
                     _record(entry, result)
                     bar.update(1)
                     if result["status"] != DONE:
-                        bar.write(f"item {name} failed: {result['error']}", file=sys.stderr)
+                        bar.write(f"item {name} {result['status']}: {result['error']}", file=sys.stderr)
                 bar.set_postfix(failed=state.summary()[FAILED])
                 state.save()
     except KeyboardInterrupt:
@@ -235,11 +242,14 @@ def _drive(state: BatchState, executor: Executor, cfg: BatchConfig, overrides: l
         signal.signal(signal.SIGTERM, previous_handler)
     bar.close()
     state.save()
-    print(format_summary(state), file=sys.stderr)
+    print(format_summary(state.data), file=sys.stderr)
     counts = state.summary()
-    if counts[FAILED]:
-        print(f"error: {counts[FAILED]} of {counts['items']} items failed (errors in {root / CSV_FILE});"
-              f" fix them and re-run the same command to retry only those: {command}", file=sys.stderr)
+    unfinished = counts["items"] - counts[DONE]
+    if unfinished:
+        what = f"{counts[FAILED]} of {counts['items']} items failed" + (
+            f", {counts[INTERRUPTED]} were interrupted" if counts[INTERRUPTED] else "")
+        print(f"error: {what} (errors in {root / CSV_FILE}); fix them and re-run the same command to retry"
+              f" only those: {command}", file=sys.stderr)
         return 1
     print(f"done: {root}")
     return 0
@@ -258,15 +268,15 @@ def _record(entry: dict[str, Any], result: ItemResult) -> None:
             entry[key] = result[key]
 
 
-def format_summary(state: BatchState) -> str:
+def format_summary(data: dict[str, Any]) -> str:
     """The table printed at the end: counts, then every item (or only the failed ones of a large batch)."""
-    counts = state.summary()
-    items = state.data["items"]
-    lines = [f"{state.data['pipeline']} batch '{state.data['batch']}': {counts[DONE]} done"
+    counts = count_items(data)
+    items = data["items"]
+    lines = [f"{data['pipeline']} batch '{data['batch']}': {counts[DONE]} done"
              f" ({counts['skipped']} finished before), {counts[FAILED]} failed, {counts['items']} items"]
     shown = items if len(items) <= SUMMARY_ROWS else {k: v for k, v in items.items() if v["status"] != DONE}
     if shown:
-        metric_keys = state.metric_keys(shown.values())[:4]
+        metric_keys = _metric_keys(data, shown.values())[:4]
         width = max(4, *(len(n) for n in shown))
         lines.append(f"{'item':<{width}}  {'status':<11} {'tries':>5} {'wall s':>8} {'peak MB':>8}  "
                      + "  ".join(f"{k:>10}" for k in metric_keys))
@@ -280,3 +290,19 @@ def format_summary(state: BatchState) -> str:
             if e.get("error"):
                 lines.append(f"{'':<{width}}  error: {e['error']}")
     return "\n".join(lines)
+
+
+def inspect_batch(root: Path) -> str:
+    """``layerforge inspect <batch folder>``: the summary table, items still marked running shown
+    as interrupted when nobody holds the batch, and the command that resumes it."""
+    import json
+
+    data = json.loads((root / BATCH_FILE).read_text())
+    live = RunLock(root).holder() is not None
+    for entry in data.get("items", {}).values():
+        if entry["status"] in (RUNNING, PENDING) and not live:
+            entry["status"] = INTERRUPTED
+    text = format_summary(data)
+    if any(e["status"] != DONE for e in data.get("items", {}).values()) and data.get("command"):
+        text += f"\n{'running now' if live else 'resume with'}: {data['command']}"
+    return text

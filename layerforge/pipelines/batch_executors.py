@@ -394,7 +394,7 @@ class SlurmExecutor:
 
     def _result(self, job: Any, spec: ItemSpec) -> ItemResult:
         try:
-            return job.result()
+            return {**job.result(), "job_id": job.job_id}
         except self._submitit.core.utils.UncompletedJobError as err:
             text = str(err)
             if "timed-out" in text or "TIMEOUT" in text:

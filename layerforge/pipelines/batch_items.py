@@ -10,7 +10,8 @@
                                 item's name), and one column per override key (``model.c``,
                                 ``seed``); an empty cell keeps the batch's value
     inputs=run:dp_recon/kitchen[#artifact]
-                                the items of another run's deliverables (or of one artifact);
+                                the items of another run's deliverables (a scene run's
+                                export/objects/: one per object), or of one artifact;
     inputs=run:bsp/<batch>      or the finished items of another batch
 
 Item names are the file or folder names (a folder's items: their path inside it, ``/`` as
@@ -33,6 +34,8 @@ from layerforge.errors import InputError
 from layerforge.pipelines.inputs import RUN_REFERENCE, resolve_input
 
 BATCH_FILE = "batch.json"
+OBJECTS = "objects"
+"""The folder of one mesh per object in a scene run's export/ (dp_recon, decomp_nerf)."""
 LIST_SUFFIXES = (".txt", ".lst")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -138,6 +141,8 @@ def _reference_items(ref: str, out: Path, split: Callable[[Path], list[Path]]) -
         return [(name, str((batch_root / name / "export").resolve()), ()) for name, _ in done]
     resolved = resolve_input(ref, out)
     assert resolved is not None
+    if "#" not in ref and (resolved / OBJECTS).is_dir():  # a scene run's deliverables: one item per object,
+        resolved = resolved / OBJECTS                     # not the whole scene file beside them
     if resolved.is_file():
         return [(resolved.stem, str(resolved), ())]
     found = split(resolved)

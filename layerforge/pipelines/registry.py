@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from layerforge.errors import ConfigError
-from layerforge.pipelines.engine import Pipeline
+from layerforge.pipelines.stage import Pipeline  # not engine: `layerforge list` must not import torch
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
