@@ -216,17 +216,19 @@ def test_item_over_its_timeout_is_stopped_and_recorded_and_the_rest_go_on(tmp_pa
         list((out / "bsp" / "t" / "chair" / "stages" / "fit").rglob("*.pt"))
 
 
-def test_an_item_killed_from_outside_is_recorded_and_the_batch_goes_on(tmp_path):
+def test_items_killed_from_outside_or_out_of_memory_are_recorded_and_the_batch_goes_on(tmp_path):
     from layerforge.pipelines.registry import DATA_DIR
 
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "chair.obj").write_bytes((DATA_DIR / "chair.obj").read_bytes())
     trimesh.creation.box(extents=(1.0, 0.5, 0.3)).export(folder / "box.obj")
-    (folder / "items.csv").write_text("input,fit.schedule\nchair.obj,\"[{phase: 0, resolution: 64, steps: 100000}]\"\n"
-                                      "box.obj,\n")
+    (folder / "items.csv").write_text("input,item,fit.schedule,model.dec_dims\n"
+                                      "chair.obj,,\"[{phase: 0, resolution: 64, steps: 100000}]\",\n"
+                                      "box.obj,,,\n"
+                                      "box.obj,huge,,\"[512, 1024, 600000]\"\n")  # a 2.4 GB decoder
     out = tmp_path / "out"
-    proc = _batch(out, folder / "items.csv", "k", "max_parallel=1", wait=False)
+    proc = _batch(out, folder / "items.csv", "k", "max_parallel=1", "mem_gb_per_item=2", wait=False)
     lock = out / "bsp" / "k" / "chair" / ".lock"
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
@@ -236,6 +238,8 @@ def test_an_item_killed_from_outside_is_recorded_and_the_batch_goes_on(tmp_path)
     state = _state(out, "k")
     assert proc.returncode == 1 and state["items"]["box"]["status"] == "done"
     assert state["items"]["chair"]["error"].startswith("its process was killed by SIGKILL (out of memory"), state["items"]
+    # an item over its memory cap fails alone, with a line saying so
+    assert state["items"]["huge"]["error"].startswith("ran out of memory (over mem_gb_per_item=2"), state["items"]["huge"]
 
 
 def test_batch_over_a_run_with_several_objects_makes_one_proxy_set_per_object(tmp_path):

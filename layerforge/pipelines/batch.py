@@ -191,6 +191,7 @@ def _drive(state: BatchState, executor: Executor, cfg: BatchConfig, overrides: l
             "pipeline": pipeline, "item": item.name, "out": str(out),
             "overrides": [*overrides, *item.overrides, f"input={item.input}", f"run={root.name}/{item.name}", f"out={out}"],
             "threads": cfg.cpus_per_item, "busy_wait_s": cfg.timeout_s or 3600.0,
+            "mem_gb": cfg.mem_gb_per_item if cfg.executor == "local" else None,  # ray / slurm enforce their own
         }
     state.save()
     skipped = len(items) - len(pending)

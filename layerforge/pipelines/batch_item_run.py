@@ -19,7 +19,8 @@ from typing import Any
 
 ItemSpec = dict[str, Any]
 """What a worker needs: ``pipeline``, ``item``, ``overrides`` (list of key=value, with input=
-and run=), ``out`` (absolute), ``threads`` (torch threads, or None), ``busy_wait_s``."""
+and run=), ``out`` (absolute), ``threads`` (torch threads, or None), ``mem_gb`` (the local
+executor's heap cap, or None), ``busy_wait_s``."""
 
 ItemResult = dict[str, Any]
 """What comes back: ``item``, ``status`` (done | failed | interrupted), ``error`` (one line or
@@ -75,6 +76,10 @@ def _wait_for_lock(root: Path, budget_s: float) -> None:
         time.sleep(1.0)
 
 
+def _memory_cap(spec: ItemSpec) -> str:
+    return f"over mem_gb_per_item={spec['mem_gb']:g}: " if spec.get("mem_gb") else ""
+
+
 def run_item(spec: ItemSpec) -> ItemResult:
     """Run one item in this process; return its record (never raises for the item's own problems)."""
     from layerforge.errors import LayerforgeError, RunBusyError
@@ -104,11 +109,11 @@ def run_item(spec: ItemSpec) -> ItemResult:
     except LayerforgeError as err:
         record["error"] = str(err)
     except MemoryError:
-        record["error"] = "ran out of memory (MemoryError); give each item more memory or lower the sizes"
+        record["error"] = f"ran out of memory ({_memory_cap(spec)}MemoryError); give each item more memory or lower the sizes"
     except Exception as err:  # a bug or an environment problem: its traceback is in the item's log
         where = f"; the traceback is in {root / 'log.txt'}" if root is not None else ""
-        if "out of memory" in str(err).lower():
-            record["error"] = f"ran out of memory ({type(err).__name__}){where}"
+        if any(m in str(err).lower() for m in ("out of memory", "can't allocate memory")):
+            record["error"] = f"ran out of memory ({_memory_cap(spec)}{type(err).__name__}){where}"
         else:
             first = (str(err).strip().splitlines() or [""])[0]
             record["error"] = f"{type(err).__name__}: {first}{where}"
@@ -145,6 +150,11 @@ def local_worker(spec: ItemSpec, conn: Any) -> None:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
+    if spec.get("mem_gb"):
+        # a cap on the item's heap: over it, allocations fail (MemoryError, recorded) instead of the
+        # kernel's OOM killer picking a process of the machine
+        limit = int(float(spec["mem_gb"]) * 2**30)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     try:
         result = run_item(spec)
     except KeyboardInterrupt:  # arrived outside run_item's own handler
