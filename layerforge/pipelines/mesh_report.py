@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import trimesh
 
 from layerforge.assets.atomic import atomic_write_json
 from layerforge.assets.mesh_io import read_asset, up_axis_rule
@@ -29,8 +30,6 @@ def report(ctx: StageContext) -> None:
     log.info("input: %s", up_axis_rule(path, up_axis))
     asset = validate_asset(read_asset(path, up_axis=up_axis, validate=False), path)
     mesh = asset.merged_mesh()
-    import trimesh
-
     tm = trimesh.Trimesh(mesh.vertices.astype(np.float64), mesh.faces, process=True)
     extent = np.ptp(mesh.vertices, axis=0).astype(float)
     figures = {
